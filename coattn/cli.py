@@ -1,2 +1,61 @@
-def main(args=None):
-    raise SystemExit("not yet")
+"""Command-line entry point: ``coattn {fit,validate,test,predict}`` (LightningCLI) plus tools.
+
+    coattn fit  --config experiments/demo.yaml
+    coattn test --config experiments/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
+    coattn fit  --config experiments/demo.yaml --print_config      # the full resolved config
+    coattn synth data/demo --seed 0                                 # built-in demo dataset
+
+Tools (synth, augment, data-check, prepare, search, sweep) are plain ``main(argv) -> int``
+functions imported lazily, so ``coattn synth`` does not pay for importing Lightning.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> "module:function"; each takes the remaining argv and returns an exit code.
+TOOLS = {
+    "synth": "coattn.synth:main",
+    "augment": "coattn.augment:main",
+    "data-check": "coattn.data_check:main",
+    "prepare": "coattn.prepare:main",
+    "search": "coattn.search:main",
+    "sweep": "coattn.sweep:main",
+}
+
+
+def build_cli(args: list[str] | None, run: bool = True):
+    """The LightningCLI: model ``CoAttnRetrieval``; data any ``AudioCaptionDataModule`` subclass."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from coattn.module import CoAttnRetrieval
+    from data_modules.base import AudioCaptionDataModule
+
+    return LightningCLI(
+        CoAttnRetrieval,
+        AudioCaptionDataModule,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+        parser_kwargs={"parser_mode": "yaml"},
+    )
+
+
+def main(args: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in TOOLS:
+        module_name, func = TOOLS[argv[0]].split(":")
+        return int(getattr(importlib.import_module(module_name), func)(argv[1:]) or 0)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip() + "\n\nLightningCLI subcommands: fit, validate, test, predict "
+              "(see `coattn fit --help`).\nTools: " + ", ".join(TOOLS))
+        if not argv:
+            return 2
+        return 0
+    build_cli(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

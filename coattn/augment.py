@@ -1,0 +1,262 @@
+"""``coattn augment``: paraphrase training captions with a language model, keep the closest ones.
+
+    # (a) generate through any OpenAI-compatible chat-completions endpoint, then select
+    export OPENAI_API_KEY=...            # the key is only ever read from the environment
+    coattn augment data/demo/clotho_captions_development.csv --out data/demo/augmentation.json \\
+        --base-url https://api.openai.com/v1 --model gpt-4o-mini --n 5 --top-k 3 --encoder roberta-base
+    # (b) paraphrases made elsewhere (JSONL: {"caption": ..., "paraphrases": [...]}), select only
+    coattn augment train.csv --paraphrases para.jsonl --out augmentation.json --encoder ngram
+
+Then train with ``data.init_args.augmentation_file=augmentation.json`` and ``augment_prob=0.3``.
+
+Generation sends ``--batch-size`` captions per request, retries transient failures (HTTP 408/429/
+5xx, timeouts, unparsable answers) with exponential back-off (honouring Retry-After), and appends
+every finished caption to a JSONL cache (default ``<out>.cache.jsonl``) as soon as it arrives:
+an interrupted run resumes where it stopped and never pays for a caption twice.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+
+log = logging.getLogger("coattn.augment")
+
+DEFAULT_PROMPT = (
+    "You rewrite captions of audio recordings. For each numbered caption, write {n} paraphrases that "
+    "describe exactly the same sounds, in the same order and with the same counts. Vary the words and "
+    "the sentence structure; do not add, remove or reinterpret any sound. Answer with JSON only: an "
+    "object mapping each caption number (as a string) to a list of {n} strings."
+)
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}  # transient: rate limits, overload, gateways
+
+
+class RetryableError(RuntimeError):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ChatClient:
+    """Minimal OpenAI-compatible chat-completions client on urllib (no extra dependency)."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
+                 max_retries: int = 5, backoff: float = 1.0, temperature: float = 0.9, sleep=time.sleep):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.api_key, self.timeout = model, api_key, timeout
+        self.max_retries, self.backoff, self.temperature, self.sleep = max_retries, backoff, temperature, sleep
+        self.requests = 0  # attempts, retries included (reported in the summary)
+
+    def _post(self, payload: dict) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(self.url, json.dumps(payload).encode(), headers, method="POST")
+        self.requests += 1
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read().decode("utf-8"))
+        except urllib.error.HTTPError as exc:
+            body = exc.read()[:300].decode("utf-8", "replace")
+            if exc.code in RETRY_STATUS:
+                after = exc.headers.get("Retry-After") if exc.headers else None
+                raise RetryableError(f"HTTP {exc.code}: {body}", float(after) if after and after.isdigit() else None)
+            hint = " (check the API key in the environment variable)" if exc.code in (401, 403) else ""
+            raise RuntimeError(f"{self.url}: HTTP {exc.code}{hint}: {body}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError) as exc:
+            raise RetryableError(f"{type(exc).__name__}: {exc}") from None
+
+    def complete(self, messages: list[dict], parse=lambda s: s):
+        """The first choice's content passed through ``parse``; a ValueError from parse is retried too."""
+        for attempt in range(self.max_retries + 1):
+            try:
+                data = self._post({"model": self.model, "messages": messages, "temperature": self.temperature})
+                try:
+                    content = data["choices"][0]["message"]["content"]
+                except (KeyError, IndexError, TypeError):
+                    raise RetryableError(f"unexpected response shape: {str(data)[:200]}") from None
+                try:
+                    return parse(content)
+                except ValueError as exc:
+                    raise RetryableError(f"unparsable answer ({exc}): {content[:200]!r}") from None
+            except RetryableError as exc:
+                if attempt == self.max_retries:
+                    raise RuntimeError(f"{self.url}: giving up after {attempt + 1} attempts: {exc}") from None
+                # 1, 2, 4, 8... x backoff seconds (capped at 60), +-10 % jitter so parallel workers spread out
+                delay = min(60.0, exc.retry_after if exc.retry_after is not None else self.backoff * 2 ** attempt)
+                log.warning("request failed (%s); retry %d/%d in %.1f s", exc, attempt + 1, self.max_retries, delay)
+                self.sleep(delay * random.uniform(0.9, 1.1))
+        raise AssertionError("unreachable")
+
+
+def parse_paraphrases(content: str, count: int) -> dict[int, list[str]]:
+    """{caption number (1-based): paraphrases} from a model answer (JSON, maybe in a code fence)."""
+    match = re.search(r"[\[{].*[\]}]", content, re.S)
+    if not match:
+        raise ValueError("no JSON in the answer")
+    obj = json.loads(match.group(0))
+    if isinstance(obj, list):  # [[...], [...]] in caption order is accepted too
+        obj = {str(i + 1): v for i, v in enumerate(obj)}
+    if not isinstance(obj, dict):
+        raise ValueError("answer is not a JSON object")
+    out = {}
+    for key, value in obj.items():
+        if str(key).strip().isdigit() and 1 <= int(key) <= count and isinstance(value, list):
+            paras = [v.strip() for v in value if isinstance(v, str) and v.strip()]
+            if paras:
+                out[int(key)] = paras
+    if not out:
+        raise ValueError("no usable paraphrase lists in the answer")
+    return out
+
+
+def generate(captions: list[str], client: ChatClient, cache: Path, n: int = 5, batch_size: int = 8,
+             prompt: str = DEFAULT_PROMPT, concurrency: int = 1, progress: bool = True) -> dict[str, list[str]]:
+    """Paraphrases of every caption, resuming from and appending to the JSONL ``cache``."""
+    from tqdm import tqdm
+
+    from data_modules.augmentation import read_paraphrase_jsonl
+
+    done = read_paraphrase_jsonl(cache) if cache.is_file() else {}
+    todo = [c for c in dict.fromkeys(captions) if c not in done]
+    log.info("%d captions, %d cached in %s, %d to generate", len(set(captions)), len(set(captions) - set(todo)),
+             cache, len(todo))
+    system = prompt.replace("{n}", str(n))
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+
+    def run(batch: list[str]) -> tuple[list[str], dict[int, list[str]]]:
+        user = "\n".join(f"{i + 1}. {c}" for i, c in enumerate(batch))
+        msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return batch, client.complete(msgs, lambda s: parse_paraphrases(s, len(batch)))
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(todo), desc="paraphrasing", unit="caption", disable=not progress, file=sys.stderr)
+    with open(cache, "a", encoding="utf-8") as f, ThreadPoolExecutor(max(1, concurrency)) as pool:
+        pending = {pool.submit(run, b) for b in batches}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                try:
+                    batch, got = fut.result()
+                except Exception:
+                    for p in pending:
+                        p.cancel()
+                    raise
+                for i, caption in enumerate(batch):
+                    if i + 1 in got:
+                        # one line per caption, flushed now: a crash loses at most the batches in flight
+                        f.write(json.dumps({"caption": caption, "paraphrases": got[i + 1], "model": client.model},
+                                           ensure_ascii=False) + "\n")
+                        done[caption] = got[i + 1]
+                        bar.update(1)
+                    elif len(batch) > 1:  # the model skipped it: ask again on its own
+                        pending.add(pool.submit(run, [caption]))
+                    else:
+                        log.warning("no paraphrases for %r; rerun to retry", caption)
+                f.flush()
+    bar.close()
+    return {c: done[c] for c in captions if c in done}
+
+
+def read_captions(paths: list[str]) -> list[str]:
+    """Captions from Clotho CSVs (caption_1..5), AudioCaps CSVs (caption) or text files (one per line)."""
+    from data_modules.base import read_csv_rows
+
+    out: list[str] = []
+    for p in paths:
+        if p.endswith(".csv"):
+            with open(p, encoding="utf-8-sig") as f:
+                header = f.readline()
+            cols = [c for c in (f"caption_{k}" for k in range(1, 6)) if c in header] or ["caption"]
+            out += [row[c].strip() for _, row in read_csv_rows(p, cols) for c in cols if row[c].strip()]
+        else:
+            out += [line.strip() for line in Path(p).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return list(dict.fromkeys(out))
+
+
+def make_embed(name: str):
+    """'ngram' (no model) or a Hugging Face id / local folder loaded as coattn's HFTextEncoder."""
+    from data_modules.augmentation import mean_pooled, ngram_embed
+
+    if name == "ngram":
+        return ngram_embed
+    from coattn.encoders.text import HFTextEncoder
+
+    return mean_pooled(HFTextEncoder(model=name, max_length=64, freeze=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="coattn augment", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("captions", nargs="+", help="caption CSVs (Clotho or AudioCaps) or text files, one caption per line")
+    p.add_argument("--out", required=True, help="augmentation file to write (JSON; data.init_args.augmentation_file)")
+    g = p.add_argument_group("generation (a)")
+    g.add_argument("--base-url", default="https://api.openai.com/v1", help="OpenAI-compatible API root")
+    g.add_argument("--model", default="gpt-4o-mini")
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    g.add_argument("--n", type=int, default=5, help="paraphrases requested per caption")
+    g.add_argument("--batch-size", type=int, default=8, help="captions per request")
+    g.add_argument("--concurrency", type=int, default=1, help="requests in flight")
+    g.add_argument("--prompt-file", help="system prompt text ({n} = paraphrases per caption)")
+    g.add_argument("--temperature", type=float, default=0.9)
+    g.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    g.add_argument("--max-retries", type=int, default=5)
+    g.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles each time)")
+    g.add_argument("--cache", help="resumable JSONL cache (default: <out>.cache.jsonl)")
+    g.add_argument("--no-progress", action="store_true")
+    p.add_argument("--paraphrases", nargs="+", help="(b) JSONL files of paraphrases made elsewhere: no generation")
+    s = p.add_argument_group("selection (c)")
+    s.add_argument("--top-k", type=int, default=3, help="paraphrases kept per caption")
+    s.add_argument("--min-score", type=float, default=-1.0, help="drop paraphrases below this cosine similarity")
+    s.add_argument("--encoder", default="roberta-base",
+                   help="sentence encoder: HF id or local folder (mean-pooled), or 'ngram' (model-free)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if a.n < 1 or a.batch_size < 1 or a.top_k < 1:
+        p.error("--n, --batch-size and --top-k must be >= 1")
+
+    from data_modules.augmentation import read_paraphrase_jsonl, select_top_k, write_augmentation_file
+
+    captions = read_captions(a.captions)
+    print(f"coattn augment: {len(captions)} distinct captions from {', '.join(a.captions)}", flush=True)
+    t0 = time.perf_counter()
+    if a.paraphrases:
+        paras: dict[str, list[str]] = {}
+        for path in a.paraphrases:
+            for c, ps in read_paraphrase_jsonl(path).items():
+                paras.setdefault(c, []).extend(ps)
+        paras = {c: paras[c] for c in captions if c in paras}
+        requests = 0
+    else:
+        key = os.environ.get(a.api_key_env)
+        if not key:
+            log.warning("$%s is not set: sending requests without an API key", a.api_key_env)
+        prompt = Path(a.prompt_file).read_text(encoding="utf-8") if a.prompt_file else DEFAULT_PROMPT
+        client = ChatClient(a.base_url, a.model, key, a.timeout, a.max_retries, a.backoff, a.temperature)
+        cache = Path(a.cache or a.out + ".cache.jsonl")
+        paras = generate(captions, client, cache, a.n, a.batch_size, prompt, a.concurrency, not a.no_progress)
+        requests = client.requests
+    missing = len(captions) - len(paras)
+    selected = select_top_k(paras, make_embed(a.encoder), a.top_k, a.min_score)
+    write_augmentation_file(a.out, selected, a.encoder, a.top_k)
+    kept = [s for items in selected.values() for _, s in items]
+    print(f"done in {time.perf_counter() - t0:.1f} s: {len(paras)} captions with paraphrases "
+          f"({sum(map(len, paras.values()))} candidates, {requests} requests), kept {len(kept)} "
+          f"(top-{a.top_k}, mean cosine {sum(kept) / max(1, len(kept)):.3f} under {a.encoder}) -> {a.out}")
+    if missing:
+        print(f"{missing} captions have no paraphrases yet; rerun the same command to resume", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""CLAP's HTS-AT audio encoder, returning 32 frame features + the clip embedding.
+
+Why this wrapper: the co-attention cascade needs frame-level features, which HTS-AT only exposes
+as ``fine_grained_embedding`` (B, 1024, D) = 32 distinct steps each repeated 32 times; we keep one
+row per step. Sizes are named presets (open_clip style) so YAML stays ``config: HTSAT-tiny``.
+"""
+from __future__ import annotations
+
+import logging
+import types
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from coattn.encoders.clap_checkpoint import (
+    file_identity, load_branch, load_clap_state_dict, reject_fusion, select_prefix, weights_digest,
+)
+from coattn.encoders.htsat import clap_model_config, import_htsat
+from coattn.features import SequenceFeatures
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HTSATPreset:
+    clap_json: str  # laion-clap model_configs file whose audio_cfg (48 kHz, 10 s, 64 mels) we use
+    embed_dim: int  # width of the first Swin stage; features are embed_dim * 2**(stages-1) wide
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+
+    @property
+    def out_dim(self) -> int:
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+
+AUDIO_CONFIGS: dict[str, HTSATPreset] = {
+    # laion_clap htsat.create_htsat_model presets; 630k-*.pt checkpoints are HTSAT-tiny (31.3 M params)
+    "HTSAT-tiny": HTSATPreset("HTSAT-tiny.json", 96, (2, 2, 6, 2), (4, 8, 16, 32)),    # out 768
+    "HTSAT-base": HTSATPreset("HTSAT-base.json", 128, (2, 2, 12, 2), (4, 8, 16, 32)),  # out 1024
+    # tests/demo only: 3.6 M params, batch 8 train step ~0.25 s on 2 CPU cores (tiny: ~2.2 s)
+    "HTSAT-mini": HTSATPreset("HTSAT-tiny.json", 32, (1, 1, 2, 1), (2, 4, 8, 16)),      # out 256
+}
+
+_REPEAT = 32  # HTS-AT upsamples its 32 steps x32 (interpolate ratio 8 * patch_stride 4) to 1024 rows
+
+
+class ClapAudioEncoder(nn.Module):
+    """LAION-CLAP's HTS-AT audio encoder -> ``SequenceFeatures`` of 32 frames (~0.31 s each).
+
+    Args:
+        config: preset name, one of ``AUDIO_CONFIGS``: "HTSAT-tiny" (768-d, what the official
+            630k-*.pt checkpoints hold), "HTSAT-base" (1024-d), "HTSAT-mini" (256-d, tests/demos).
+        checkpoint: path of an official non-fusion LAION-CLAP checkpoint (e.g.
+            630k-audioset-best.pt); its ``audio_branch.*`` weights are loaded. None = random init.
+        freeze: no gradients, always eval mode (dropout/BatchNorm/SpecAugment off), forward
+            under ``torch.no_grad`` - the setting that makes feature caching valid.
+
+    Input: waveforms (B, 480000) float at 48 kHz (exactly ``clip_samples``; pad/crop in the data
+    pipeline). Output: states (B, 32, out_dim), mask all True, pooled = HTS-AT ``embedding``
+    (B, out_dim), CLAP's audio embedding before its projection.
+    """
+
+    def __init__(self, config: str = "HTSAT-tiny", checkpoint: str | None = None, freeze: bool = False):
+        super().__init__()
+        if config not in AUDIO_CONFIGS:
+            raise ValueError(f"unknown audio config {config!r}; choose one of {sorted(AUDIO_CONFIGS)}")
+        preset = AUDIO_CONFIGS[config]
+        cfg = types.SimpleNamespace(**clap_model_config(preset.clap_json)["audio_cfg"])  # htsat reads attributes
+        htsat = import_htsat()
+        with warnings.catch_warnings():  # htsat's relative-position code calls torch.meshgrid without indexing=
+            warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
+            self.model = htsat.HTSAT_Swin_Transformer(
+                spec_size=256, patch_size=4, patch_stride=(4, 4), num_classes=cfg.class_num,
+                embed_dim=preset.embed_dim, depths=list(preset.depths), num_heads=list(preset.num_heads),
+                window_size=8, config=cfg, enable_fusion=False, fusion_type="None",
+            )
+        self.config = config
+        self.checkpoint = checkpoint
+        self.freeze = freeze
+        self.out_dim = preset.out_dim
+        self.num_frames = 32
+        self.sample_rate = int(cfg.sample_rate)  # 48000
+        self.clip_samples = int(cfg.clip_samples)  # 480000 = 10 s
+        self._checkpoint_id = None
+        if checkpoint is not None:
+            state = load_clap_state_dict(checkpoint)
+            reject_fusion(state, checkpoint)
+            load_branch(self.model, select_prefix(state, "audio_branch."), source=str(checkpoint),
+                        target=f"ClapAudioEncoder(config={config!r}) audio_branch")
+            self._checkpoint_id = file_identity(checkpoint)
+        if freeze:
+            self.requires_grad_(False)
+            self.eval()
+
+    def train(self, mode: bool = True) -> "ClapAudioEncoder":
+        # a frozen encoder stays in eval so its features are deterministic (and cacheable)
+        return super().train(mode and not self.freeze)
+
+    def identity(self) -> str:
+        """Cache key for features: config + checkpoint file (path/mtime/size), or a weight digest if random."""
+        if self._checkpoint_id is not None:
+            return f"ClapAudioEncoder:{self.config}:{self._checkpoint_id}"
+        # random init depends on the seed: key on the weights themselves (~0.2 s for tiny's 125 MB)
+        return f"ClapAudioEncoder:{self.config}:random-init:{weights_digest(self.model)}"
+
+    def forward(self, waveform: torch.Tensor) -> SequenceFeatures:
+        if waveform.dim() != 2 or waveform.shape[1] != self.clip_samples:
+            raise ValueError(f"expected waveforms of shape (B, {self.clip_samples}) at {self.sample_rate} Hz, "
+                             f"got {tuple(waveform.shape)}; pad/crop clips to {self.clip_samples} samples")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            out = self.model({"waveform": waveform}, mixup_lambda=None, device=waveform.device)
+        fine = out["fine_grained_embedding"]  # (B, 1024, D), each step repeated _REPEAT times in a row
+        assert fine.shape[1] == self.num_frames * _REPEAT, f"unexpected HTS-AT fine-grained shape {tuple(fine.shape)}"
+        # contiguous: a strided view would keep (and torch.save would write) all 1024 rows
+        states = fine[:, ::_REPEAT].contiguous()  # (B, 32, D)
+        mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
+        return SequenceFeatures(states=states, mask=mask, pooled=out["embedding"])

@@ -1,0 +1,85 @@
+"""``ClothoDataModule``: Clotho v2.1 (and v1) from a root folder.
+
+Expected layout (v2.1; v1 has no validation files, see ``val_size``):
+
+    root/development/*.wav      root/clotho_captions_development.csv
+    root/validation/*.wav       root/clotho_captions_validation.csv
+    root/evaluation/*.wav       root/clotho_captions_evaluation.csv
+
+Caption files: ``file_name,caption_1,...,caption_5``. Stages: fit = development (train) +
+validation (val); validate = validation; test and predict = evaluation (the split the
+retrieval literature reports on: 1,045 clips x 5 captions).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from data_modules.base import AudioCaptionDataModule, SplitSource, read_csv_rows, stable_fraction
+
+log = logging.getLogger("coattn.data")
+
+CAPTION_COLUMNS = tuple(f"caption_{k}" for k in range(1, 6))
+DEFAULT_FOLDERS = {"train": "development", "val": "validation", "test": "evaluation"}
+
+
+def read_clotho_csv(path: str | Path) -> list[tuple[str, list[str], int]]:
+    """(file_name, [caption_1..caption_5], line) per row; ValueError naming file/row on bad input."""
+    return [(row["file_name"], [row[c] for c in CAPTION_COLUMNS], line)
+            for line, row in read_csv_rows(path, ("file_name", *CAPTION_COLUMNS))]
+
+
+class ClothoDataModule(AudioCaptionDataModule):
+    """Clotho from ``root``; every path can be overridden (relative paths are under ``root``).
+
+    Args:
+        root: dataset folder (layout in the module docstring).
+        train_csv, val_csv, test_csv: caption files (default ``clotho_captions_{folder}.csv``).
+        train_audio_dir, val_audio_dir, test_audio_dir: audio folders (default development/,
+            validation/, evaluation/).
+        val_size: Clotho v1 (no validation csv): clips of development carved out as validation.
+            Chosen by a hash of the file name, so the carve does not depend on ``seed`` and
+            stays put when rows are added.
+        **kwargs: the shared options of ``AudioCaptionDataModule`` (batch sizes, workers, crops...).
+    """
+
+    def __init__(self, root: str, train_csv: str | None = None, val_csv: str | None = None,
+                 test_csv: str | None = None, train_audio_dir: str | None = None, val_audio_dir: str | None = None,
+                 test_audio_dir: str | None = None, val_size: int = 200, **kwargs):
+        super().__init__(**kwargs)
+        self.root = Path(root)
+        folders = DEFAULT_FOLDERS
+        self.csvs = {k: self._under_root(v or f"clotho_captions_{folders[k]}.csv")
+                     for k, v in (("train", train_csv), ("val", val_csv), ("test", test_csv))}
+        self.audio_dirs = {k: self._under_root(v or folders[k])
+                           for k, v in (("train", train_audio_dir), ("val", val_audio_dir), ("test", test_audio_dir))}
+        self.val_size = val_size
+        self._explicit_val = val_csv is not None
+
+    def _under_root(self, p: str) -> Path:
+        return Path(p) if Path(p).is_absolute() else self.root / p
+
+    @property
+    def carves_validation(self) -> bool:
+        """True for the v1 layout: validation is carved out of development."""
+        return not self._explicit_val and not self.csvs["val"].exists()
+
+    def _rows(self, name: str) -> list[tuple[str, list[str], int]]:
+        path = self.csvs[name]
+        if not path.is_file():
+            raise FileNotFoundError(f"Clotho {name} caption file {path} not found; set root or {name}_csv "
+                                    f"(expected layout: {self.root}/clotho_captions_<split>.csv)")
+        return read_clotho_csv(path)
+
+    def split_source(self, name: str) -> SplitSource:
+        if name in ("train", "val") and self.carves_validation:
+            rows = self._rows("train")
+            # The val_size clips with the smallest name hash: deterministic, independent of row order.
+            names = sorted({r[0] for r in rows}, key=stable_fraction)
+            val_names = set(names[:self.val_size])
+            if name == "val":
+                log.info("Clotho v1 layout (no %s): validation = %d clips carved from development",
+                         self.csvs["val"], len(val_names))
+            keep = [r for r in rows if (r[0] in val_names) == (name == "val")]
+            return SplitSource(name, self.audio_dirs["train"], self.csvs["train"], keep)
+        return SplitSource(name, self.audio_dirs[name], self.csvs[name], self._rows(name))

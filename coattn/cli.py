@@ -25,16 +25,22 @@ TOOLS = {
 
 
 def build_cli(args: list[str] | None, run: bool = True):
-    """The LightningCLI: model ``CoAttnRetrieval``; data any ``AudioCaptionDataModule`` subclass."""
-    from lightning.pytorch.cli import LightningCLI
+    """The LightningCLI: model ``CoAttnRetrieval``; data any ``AudioCaptionDataModule`` subclass.
 
+    ``CoAttnLightningCLI`` (coattn/runs.py) continues the W&B run of a ``--ckpt_path`` checkpoint and
+    gives sweep runs their own output folders; ``WandbSaveConfigCallback`` (callbacks/) saves the
+    config as ``coattn_config.yaml`` and puts it, with the git SHA and package versions, into W&B.
+    """
+    from callbacks.wandb_config import WandbSaveConfigCallback
     from coattn.module import CoAttnRetrieval
+    from coattn.runs import CoAttnLightningCLI
     from data_modules.base import AudioCaptionDataModule
 
-    return LightningCLI(
+    return CoAttnLightningCLI(
         CoAttnRetrieval,
         AudioCaptionDataModule,
         subclass_mode_data=True,
+        save_config_callback=WandbSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
@@ -53,7 +59,7 @@ def main(args: list[str] | None = None) -> int:
         if not argv:
             return 2
         return 0
-    build_cli(argv)
+    build_cli(None if args is None else argv)  # None: LightningCLI reads sys.argv (DDP relaunches)
     return 0
 
 

@@ -32,6 +32,7 @@ every pooling a masked softmax/mean, which the tests check by appending padding.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,6 +52,9 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"cascade width {width} is not divisible by heads {heads}")
         self.heads, self.dropout = heads, dropout
         self.q, self.k, self.v, self.out = (nn.Linear(width, width) for _ in range(4))
+        # Opt-in inspection (``capture_attention``): a list that receives the softmax weights of
+        # each call; None (the default) costs one attribute check per call.
+        self.captured: list[torch.Tensor] | None = None
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:  # (P, L, d) -> (P, h, L, d/h)
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
@@ -62,7 +66,39 @@ class MultiHeadAttention(nn.Module):
         attn_mask = ctx_mask[:, None, None, :]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
+        if self.captured is not None:  # SDPA does not return its weights: recompute them (no dropout)
+            logits = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+            self.captured.append(logits.masked_fill(~attn_mask, float("-inf")).softmax(-1).detach())
         return self.out(y.transpose(1, 2).flatten(2))
+
+
+@contextmanager
+def capture_attention(module: nn.Module, which: Literal["guided", "self", "all"] = "guided"):
+    """Record the attention weights of the ``MultiHeadAttention`` layers under ``module``.
+
+    Yields a dict ``{qualified name: [weights of call 1, call 2, ...]}``, each (P, heads, Lq, Lk)
+    (softmax(QK^T / sqrt(d_head)) with the key mask, before dropout). ``which`` selects the
+    guided (cross-modal) attentions, the self-attentions or both. A layer applied N times
+    (``iterating`` with ``share_weights``) records N entries. Outside the context nothing is
+    recorded and the forward pass is unchanged::
+
+        with torch.no_grad(), capture_attention(model.cascade) as maps:
+            model.score_pairs(...)
+        maps["audio_layers.0.guided_attn"][0]   # (P, h, frames, words): audio queries the text
+    """
+    def wanted(name: str) -> bool:  # SGA.guided_attn is cross-modal; SGA.self_attn and SA.attn are not
+        guided = name.rsplit(".", 1)[-1] == "guided_attn"
+        return which == "all" or guided == (which == "guided")
+
+    targets = {name: m for name, m in module.named_modules() if isinstance(m, MultiHeadAttention) and wanted(name)}
+    maps: dict[str, list[torch.Tensor]] = {}
+    for name, m in targets.items():
+        m.captured = maps.setdefault(name, [])
+    try:
+        yield maps
+    finally:
+        for m in targets.values():
+            m.captured = None
 
 
 class FeedForward(nn.Sequential):
@@ -217,7 +253,8 @@ class CoAttentionCascade(nn.Module):
         return self.text_pool(x, mx), self.audio_pool(y, my)
 
     def flops_per_pair(self, text_len: int, audio_len: int) -> int:
-        """Multiply-accumulates x 2 of the pair-dependent work (for the scoring benchmark)."""
+        """Multiply-accumulates x 2 of one naive per-pair pass: attention, projections, FFNs and
+        the per-pair pooling (matmuls only: norms, softmax and residuals are not counted)."""
         if self.kind == "none":
             return 0
         d, f = self.width, self.audio_layers[0].ffn[0].out_features
@@ -227,7 +264,12 @@ class CoAttentionCascade(nn.Module):
             attn = 2 * (lq * lq * d) + 2 * (lq * lk * d)  # QK^T and AV, self and guided
             return 2 * (proj + attn + 2 * lq * d * f)
 
+        def pool(length: int) -> int:  # AttFlat: MLP scores (d x d, d x 1), weighted sum, merge (d x d)
+            return 2 * (length * d * d + 2 * length * d + d * d) if isinstance(self.audio_pool, AttentionPool) else 0
+
         per_layer = sga(audio_len, text_len)
+        pooling = pool(audio_len)  # iterating: the text vector is pooled once per caption
         if self.kind != "iterating":
             per_layer += sga(text_len, audio_len)
-        return self.depth * per_layer
+            pooling += pool(text_len)
+        return self.depth * per_layer + pooling

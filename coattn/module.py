@@ -21,6 +21,7 @@ import torch
 from typing_extensions import override
 
 from coattn.coattention import CoAttentionCascade, PreparedText
+from coattn.distributed import gather_eval, gather_pair_audio, global_batch_size, global_nt_xent, rank_world
 from coattn.encoders import ClapAudioEncoder, TextEncoder
 from coattn.features import SequenceFeatures
 from coattn.loss import nt_xent
@@ -53,6 +54,17 @@ class CoAttnRetrieval(pl.LightningModule):
         eval_tile_pairs: caption-clip pairs per cascade pass in evaluation (memory bound).
         bootstrap: bootstrap resamples for the 95 % confidence intervals (0 = none).
         results_dir: where ``test`` writes its files; default ``<default_root_dir>/results/<stage>``.
+        feature_cache: folder of the feature cache (``coattn/feature_cache.py``): frozen encoders
+            run once per clip / caption and steps read their stored outputs. None = off.
+        pair_negatives: under DDP, score local captions against this rank's clips (``local``,
+            B x B) or against every rank's clips (``global``, B x G) in the co-attention term.
+            The dual term always uses every rank's negatives (``coattn/distributed.py``).
+        retrieval_mode: evaluation scoring: ``exact`` (the cascade scores every caption x clip
+            pair) or ``rerank`` (two-stage: the dual encoder shortlists the ``rerank_k`` best clips
+            per caption and captions per clip, the cascade re-scores that union; the rest ranks
+            below, in dual order: ``coattn/rerank.py``). metrics.json records the mode, K and the
+            cascade passes. Ignored for cascade ``none``.
+        rerank_k: shortlist length K of ``rerank``.
     """
 
     def __init__(self, audio_encoder: ClapAudioEncoder, text_encoder: TextEncoder,
@@ -62,7 +74,9 @@ class CoAttnRetrieval(pl.LightningModule):
                  dual_projection: Literal["linear", "clap"] = "linear",
                  clap_checkpoint: str | None = None, lr: float = 1e-4, encoder_lr: float = 1e-5,
                  weight_decay: float = 0.01, warmup_steps: int = 100, eval_tile_pairs: int = 16384,
-                 bootstrap: int = 1000, results_dir: str | None = None):
+                 bootstrap: int = 1000, results_dir: str | None = None, feature_cache: str | None = None,
+                 pair_negatives: Literal["local", "global"] = "local",
+                 retrieval_mode: Literal["exact", "rerank"] = "exact", rerank_k: int = 64):
         super().__init__()
         # Under LightningCLI this stores the config (class paths + init args), not the modules.
         self.save_hyperparameters(ignore=[] if self._cli_hparams() else ["audio_encoder", "text_encoder", "cascade"])
@@ -71,6 +85,15 @@ class CoAttnRetrieval(pl.LightningModule):
         self.aux_weight, self.lr, self.encoder_lr = aux_weight, lr, encoder_lr
         self.weight_decay, self.warmup_steps = weight_decay, warmup_steps
         self.eval_tile_pairs, self.bootstrap, self.results_dir = eval_tile_pairs, bootstrap, results_dir
+        if retrieval_mode not in ("exact", "rerank") or rerank_k < 1:
+            raise ValueError(f"retrieval_mode must be 'exact' or 'rerank' and rerank_k >= 1, got "
+                             f"{retrieval_mode!r}, {rerank_k}")
+        self.retrieval_mode, self.rerank_k = retrieval_mode, rerank_k
+        self.retrieval_info: dict = {}  # how the last evaluation scored (mode, K, cascade passes)
+        if pair_negatives not in ("local", "global"):
+            raise ValueError(f"pair_negatives must be 'local' or 'global', got {pair_negatives!r}")
+        self.feature_cache, self.pair_negatives = feature_cache, pair_negatives
+        self._features = None  # coattn.feature_cache.ModuleFeatureCache, made in setup
         self._eval: dict[str, list] = {}
 
     @staticmethod
@@ -95,6 +118,28 @@ class CoAttnRetrieval(pl.LightningModule):
                 tmp = out.with_suffix(".json.tmp")
                 tmp.write_text(state, encoding="utf-8")
                 tmp.replace(out)
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.feature_cache:  # per trainer: its strategy (ranks) and data module
+            if dm is None or not hasattr(dm, "set_load_audio"):
+                log.warning("model.feature_cache needs an AudioCaptionDataModule; running the encoders instead")
+            else:
+                from coattn.feature_cache import ModuleFeatureCache
+                self._features = ModuleFeatureCache(self.feature_cache, self.model, dm, self.trainer.strategy)
+
+    @override
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # the feature cache adds audio_features / text_features (building them on a split's first batch)
+        if self._features is not None and isinstance(batch, dict):
+            batch = self._features.attach(batch, self.trainer)
+        return batch
+
+    def encode(self, batch: dict) -> tuple[SequenceFeatures, SequenceFeatures]:
+        """Audio and text features of a batch: the cached ones when present, else the encoders'."""
+        m = self.model
+        audio = batch.get("audio_features")
+        text = batch.get("text_features")
+        return (m.encode_audio(batch["audio"]) if audio is None else audio,
+                m.encode_text(batch["captions"]) if text is None else text)
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -115,21 +160,31 @@ class CoAttnRetrieval(pl.LightningModule):
             return batch
         keep = valid.nonzero().squeeze(1)
         self.log("train/skipped_items", float(len(valid) - len(keep)), reduce_fx="sum", batch_size=len(valid))
-        return {"audio": batch["audio"][keep], "clip_index": batch["clip_index"][keep],
-                "captions": [batch["captions"][i] for i in keep.tolist()],
-                "caption_clip": batch["caption_clip"][keep]}
+        out = {"audio": batch["audio"][keep], "clip_index": batch["clip_index"][keep],
+               "captions": [batch["captions"][i] for i in keep.tolist()],
+               "caption_clip": batch["caption_clip"][keep]}
+        for key in ("audio_features", "text_features"):  # from the feature cache
+            if batch.get(key) is not None:
+                out[key] = batch[key].index(keep)
+        return out
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Training losses of one batch whose item b is (caption b, clip b)."""
         m = self.model
-        audio, text = m.encode_audio(batch["audio"]), m.encode_text(batch["captions"])
+        audio, text = self.encode(batch)
         clip_ids, caption_clip = batch["clip_index"], batch["caption_clip"]
         out: dict[str, torch.Tensor] = {}
-        dual_logits = (m.dual_embed_text(text) @ m.dual_embed_audio(audio).t()) * m.dual_temperature.scale
-        out["dual_loss"] = nt_xent(dual_logits, caption_clip, clip_ids)
+        # negatives of every rank under DDP; one process: nt_xent on the B x B logits
+        out["dual_loss"] = global_nt_xent(m.dual_embed_text(text), m.dual_embed_audio(audio),
+                                          m.dual_temperature.scale, caption_clip, clip_ids)
         if m.has_pairwise:
-            sims = m.score_grid(m.prepare_text(text), m.prepare_audio(audio))  # (B, B): every pair
-            out["pair_loss"] = nt_xent(sims * m.pair_temperature.scale, caption_clip, clip_ids)
+            prepared_audio = m.prepare_audio(audio)
+            if self.pair_negatives == "global" and rank_world()[1] > 1:
+                prepared_audio, col_clip, targets = gather_pair_audio(*prepared_audio, clip_ids)
+            else:
+                col_clip, targets = clip_ids, None
+            sims = m.score_grid(m.prepare_text(text), prepared_audio)  # (B, B) or (B, G): every pair
+            out["pair_loss"] = nt_xent(sims * m.pair_temperature.scale, caption_clip, col_clip, targets)
             out["loss"] = out["pair_loss"] + self.aux_weight * out["dual_loss"]
         else:
             out["loss"] = out["dual_loss"]
@@ -144,12 +199,15 @@ class CoAttnRetrieval(pl.LightningModule):
             self.log(f"train/{k}", v, prog_bar=k == "loss", batch_size=bs)
         temp = self.model.pair_temperature if self.model.has_pairwise else self.model.dual_temperature
         self.log("train/tau", temp.tau, batch_size=bs)
+        if rank_world()[1] > 1:  # items over all ranks (the dual loss's negatives); one process: bs
+            self.log("train/global_batch_size", float(global_batch_size(bs, out["loss"].device)), batch_size=bs)
+        else:
+            self.log("train/global_batch_size", float(bs), batch_size=bs)
         return out["loss"]
 
     # ---- evaluation: encode once, score everything ------------------------------------------
     def _eval_step(self, batch: dict) -> None:
-        m = self.model
-        audio, text = m.encode_audio(batch["audio"]), m.encode_text(batch["captions"])
+        audio, text = self.encode(batch)
         e = self._eval
         e.setdefault("audio", []).append(audio)
         e.setdefault("text", []).append(text)
@@ -167,10 +225,22 @@ class CoAttnRetrieval(pl.LightningModule):
         self._eval_step(batch)
 
     def score_all(self, audio: SequenceFeatures, text: SequenceFeatures) -> torch.Tensor:
-        """(N captions, M clips) scores of the configured model: co-attention, or dual for ``none``."""
+        """(N captions, M clips) scores of the configured model: co-attention (``exact`` or
+        ``rerank``, see ``retrieval_mode``), or dual for ``none``. Sets ``self.retrieval_info``."""
         m = self.model
+        n, n_clips = len(text), len(audio)
         if not m.has_pairwise:
+            self.retrieval_info = {"retrieval_mode": "dual", "cascade_passes": 0}
             return (m.dual_embed_text(text) @ m.dual_embed_audio(audio).t()).float()
+        if self.retrieval_mode == "rerank":
+            from coattn.rerank import rerank_matrix
+            dual = m.dual_embed_text(text) @ m.dual_embed_audio(audio).t()
+            scores, info = rerank_matrix(m, m.prepare_text(text), m.prepare_audio(audio), dual, self.rerank_k,
+                                         self.eval_tile_pairs)
+            self.retrieval_info = info.as_dict()
+            return scores
+        self.retrieval_info = {"retrieval_mode": "exact", "cascade_passes": n * n_clips,
+                               "cascade_passes_exact": n * n_clips, "cascade_cost_fraction": 1.0}
         return score_matrix(m, m.prepare_text(text), m.prepare_audio(audio), self.eval_tile_pairs)
 
     def _eval_epoch_end(self, stage: str) -> dict[str, float] | None:
@@ -179,6 +249,7 @@ class CoAttnRetrieval(pl.LightningModule):
         e, self._eval = self._eval, {}
         if not e:
             return None
+        e = gather_eval(e)  # DDP: every rank's items, sampler repeats removed, clip order
         audio, text = SequenceFeatures.cat(e["audio"]), SequenceFeatures.cat(e["text"])
         clip_index = torch.cat(e["clip_index"])
         # caption_clip holds split-wide clip indices; map them to rows of the gathered clips.
@@ -190,6 +261,9 @@ class CoAttnRetrieval(pl.LightningModule):
         per_query = per_query_metrics(scores, caption_clip)  # ranks computed once, reused by the CIs
         metrics = aggregate(per_query)
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=False, batch_size=1)
+        # the last evaluation, for callbacks (retrieval examples) that run after this hook
+        self.last_eval = {"stage": stage, "scores": scores.detach().float().cpu(), "captions": list(e["captions"]),
+                          "fnames": list(e["fnames"]), "caption_clip": caption_clip.cpu(), "metrics": dict(metrics)}
         if stage == "test":
             self._write_test_results(scores, caption_clip, e["captions"], e["fnames"], metrics, per_query)
         return metrics
@@ -212,12 +286,27 @@ class CoAttnRetrieval(pl.LightningModule):
         chance = chance_metrics(caption_clip, len(fnames))
         ci = bootstrap_ci(per_query, n_boot=self.bootstrap) if self.bootstrap else {}
         out = Path(self.results_dir or Path(self.trainer.default_root_dir) / "results" / "test")
-        extra = {"ckpt_path": self.trainer.ckpt_path, "cascade": self.model.cascade.kind,
+        extra = {"ckpt_path": self.trainer.ckpt_path, "cascade": self.model.cascade.kind, **self.retrieval_info,
                  "n_captions": len(captions), "n_clips": len(fnames),
                  "captions_per_clip": sorted(set(n_per_clip.tolist()))}
         paths = write_results(out, scores.cpu(), caption_clip.cpu(), captions, fnames, metrics, ci, chance, extra)
         print(format_table(metrics, chance, ci))
+        if self.retrieval_info.get("retrieval_mode") == "rerank":
+            info = self.retrieval_info
+            print(f"retrieval: rerank, K={info['rerank_k']}: {info['cascade_passes']:,} cascade passes "
+                  f"({100 * info['cascade_cost_fraction']:.1f} % of exact)")
         print(f"results written to {out}: " + ", ".join(p.name for p in paths.values()))
+
+    # ---- predict: embeddings and features of a dataset (coattn/predict.py) --------------------
+    @override
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        from coattn.predict import predict_step
+        return predict_step(self, batch)
+
+    @override
+    def on_predict_epoch_end(self) -> None:
+        from coattn.predict import on_predict_epoch_end
+        on_predict_epoch_end(self)
 
     # ---- optimisation -----------------------------------------------------------------------
     @override

@@ -1,13 +1,13 @@
 """``coattn synth``: a procedurally generated, Clotho-v2.1-layout dataset for demos and tests.
 
-    coattn synth data/demo --seed 0                       # 400/100/100 clips of 10 s, ~30 s on 2 cores
+    coattn synth data/demo --seed 0                       # 400/100/100 clips of 10 s: 21 s on 2 shared cores
     coattn synth /tmp/tiny --n-train 6 --n-val 3 --n-eval 3 --seconds 2
 
 Each clip is a small sound scene: 2-3 synthetic events (12 types, acoustically distinct on a
 log-mel spectrogram) placed one after the other, some repeated, over low background noise. The
 5 captions name the events, their order and their counts with varied templates and synonyms,
 so a retrieval model has to learn *what*, *in which order* and *how many*. With 12 types,
-ordered 2-3 event scenes and counts there are ~9,000 distinct scenes: 100 test clips almost
+ordered 2-3 event scenes and counts there are 9,260 possible scenes: 100 test clips almost
 never share a description, yet each event type is seen hundreds of times in 400 training clips.
 
 Output (what ``data_modules.ClothoDataModule`` reads):

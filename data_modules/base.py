@@ -13,6 +13,8 @@ The batch contract (every loader yields one dict; the LightningModule relies on 
     caption_clip  LongTensor  (C,)     clip_index of each caption
     valid         BoolTensor  (B,)     False where the clip could not be read (audio is silence)
 
+``set_load_audio(False)`` (a model with a feature cache) skips decoding: audio is then (B, 0).
+
 Evaluation loaders visit every clip exactly once, in split order (under DDP Lightning's
 DistributedSampler pads the last batch with repeats: deduplicate on ``clip_index``). Training
 items are (clip, caption) pairs, or clips with a random caption (``train_items="clip"``); the
@@ -202,8 +204,11 @@ class _ClipReader:
     def __init__(self, split: Split, sample_rate: int, length: int):
         self.split, self.sample_rate, self.length = split, sample_rate, length
         self.skipped = _SkipCounter()
+        self.load_audio = True  # False: a feature cache supplies the audio features (set_load_audio)
 
     def read(self, clip: int, mode: str, generator: torch.Generator | None) -> tuple[torch.Tensor, bool]:
+        if not self.load_audio:
+            return torch.zeros(0), True
         try:
             return load_clip(self.split.paths[clip], self.sample_rate, self.length, mode, generator), True
         except AudioReadError as exc:
@@ -394,6 +399,7 @@ class AudioCaptionDataModule(pl.LightningDataModule):
         self._splits: dict[str, Split] = {}
         self._datasets: dict[str, Dataset] = {}
         self._paraphrases: dict[str, list[str]] | None = None
+        self._load_audio = True
 
     # -- subclasses -----------------------------------------------------------------------------
     def split_source(self, name: str) -> SplitSource:
@@ -491,7 +497,15 @@ class AudioCaptionDataModule(pl.LightningDataModule):
                                                     self.train_crop, self.paraphrases(), self.augment_prob)
             else:
                 self._datasets[name] = ClipDataset(s, self.sample_rate, self.num_samples, self.eval_crop)
+            self._datasets[name].reader.load_audio = self._load_audio
         return self._datasets[name]
+
+    def set_load_audio(self, enabled: bool) -> None:
+        """Decode clips (default) or yield ``audio`` of shape (B, 0): the model sets False when its
+        feature cache supplies the audio features (``coattn.feature_cache``). Call before iterating."""
+        self._load_audio = enabled
+        for ds in self._datasets.values():
+            ds.reader.load_audio = enabled
 
     def paraphrases(self) -> dict[str, list[str]]:
         """caption -> kept paraphrases, from ``augmentation_file`` ({} without one)."""

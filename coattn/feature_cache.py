@@ -1,0 +1,410 @@
+"""Feature cache: a frozen encoder runs once per clip / caption; training and evaluation read its
+outputs from memory-mapped ``.npy`` shards instead.
+
+    model:
+      feature_cache: cache/features     # opt-in; only frozen encoders (``freeze: true``) are cached
+
+What is stored (float32, exactly what the encoder returned outside autocast):
+
+    audio  per clip, for the deterministic crop: states (32, D) frames, mask, pooled (D,), valid
+    text   per caption string: states (L, D) tokens (right-padded), mask, pooled (D,)
+
+Keys (any change is a miss, and the entry is recomputed):
+
+    encoder     ``encoder.identity()`` (config, checkpoint file path/mtime/size, tokenizer...) +
+                a SHA-1 of the encoder's weights (so a fine-tuned-then-frozen or restored
+                checkpoint never reads another model's features)     -> the store's folder
+    crop        sample rate, clip length in samples, crop mode        -> the audio store's folder
+    file        resolved path + size + mtime (ns)                     -> the entry key
+    caption     the caption string                                    -> the entry key
+
+File identity is size + mtime, not a content hash: hashing would read every file on every run
+(Clotho's development split is ~7 GB, 3,839 files; AudioCaps ~50k), while a stat costs
+microseconds. Any rewrite of a file (``coattn synth``, a re-download, ``touch``) changes the
+mtime; a byte edit that keeps both size and mtime is not detected (document: ``touch`` it).
+
+Training with a random crop cannot be cached exactly (every epoch sees another window). With the
+cache on, training reads the features of the data module's deterministic ``eval_crop`` window
+(a log line says so when ``train_crop`` is ``random``): clips longer than ``clip_seconds``
+(Clotho's are 15-30 s, CLAP's window 10 s) lose their crop augmentation. Turn the cache off
+(``feature_cache: null``) to train on random crops.
+
+Layout: ``<root>/audio/<key>/`` and ``<root>/text/<key>/`` each hold ``meta.json`` (the readable
+key) and shards ``NAME.{states,mask,pooled,valid}.npy`` + ``NAME.keys.json`` (written last: a
+shard without it is incomplete and ignored). Shards are append-only: entries whose file changed
+stay on disk until the folder is deleted.
+
+Building: missing entries are split across ranks (rank r takes missing[r::W]), each rank writes
+its own shards, then all ranks wait (barrier) and re-read the index; a progress bar (rank 0)
+shows the build. With the audio encoder cached the data module stops decoding audio
+(``set_load_audio(False)``): batches then carry ``audio`` of shape (B, 0).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from coattn.features import SequenceFeatures
+
+log = logging.getLogger(__name__)
+
+PARTS = ("states", "mask", "pooled", "valid")
+SHARD_ROWS = 2048  # entries per shard: a Clotho clip is 32 x 768 floats = 96 KB, so ~200 MB per shard
+
+
+def _sha1(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def file_key(path: str | os.PathLike) -> str:
+    """Entry key of an audio file: resolved path + size + mtime (module docstring: why not a hash)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return _sha1([str(p), st.st_size, st.st_mtime_ns])
+
+
+def caption_key(caption: str) -> str:
+    return hashlib.sha1(caption.encode("utf-8")).hexdigest()
+
+
+class FeatureStore:
+    """``SequenceFeatures`` rows (+ a valid flag) under string keys, in append-only shards read
+    memory-mapped. Rows of one shard share a sequence length; ``get`` trims/pads to the longest
+    real length of the rows it returns (what an encoder called on those items alone returns)."""
+
+    def __init__(self, root: str | os.PathLike, meta: dict | None = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if meta is not None and not (self.root / "meta.json").is_file():
+            tmp = self.root / f".meta.json.{uuid.uuid4().hex}"
+            tmp.write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+            os.replace(tmp, self.root / "meta.json")
+        self._shards: dict[str, dict[str, np.ndarray]] = {}
+        self._index: dict[str, tuple[str, int]] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Pick up shards written since (by this or another process)."""
+        for kf in sorted(self.root.glob("*.keys.json")):
+            name = kf.name[: -len(".keys.json")]
+            if name in self._shards:
+                continue
+            keys = json.loads(kf.read_text())
+            self._shards[name] = {p: np.load(self.root / f"{name}.{p}.npy", mmap_mode="r") for p in PARTS}
+            for i, k in enumerate(keys):
+                self._index.setdefault(k, (name, i))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def write(self, keys: Sequence[str], feats: SequenceFeatures, valid: torch.Tensor | None = None) -> str:
+        """One new shard holding ``feats`` row i under ``keys[i]``; atomic (keys file written last)."""
+        if len(keys) != len(feats):
+            raise ValueError(f"{len(keys)} keys for {len(feats)} rows")
+        valid = torch.ones(len(keys), dtype=torch.bool) if valid is None else valid
+        arrays = {"states": feats.states.detach().float().cpu().numpy(), "mask": feats.mask.cpu().numpy(),
+                  "pooled": feats.pooled.detach().float().cpu().numpy(), "valid": valid.cpu().numpy()}
+        name = f"shard-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+        for part, arr in arrays.items():
+            tmp = self.root / f".{name}.{part}.npy.tmp"
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(arr))
+            os.replace(tmp, self.root / f"{name}.{part}.npy")
+        tmp = self.root / f".{name}.keys.json.tmp"
+        tmp.write_text(json.dumps(list(keys)))
+        os.replace(tmp, self.root / f"{name}.keys.json")
+        self.refresh()
+        return name
+
+    def get(self, keys: Sequence[str]) -> tuple[SequenceFeatures, torch.Tensor]:
+        """Features and valid flags of ``keys`` (KeyError naming the first missing key)."""
+        try:
+            locs = [self._index[k] for k in keys]
+        except KeyError as err:
+            raise KeyError(f"feature cache {self.root}: no entry {err.args[0]}") from None
+        by_shard: dict[str, list[int]] = {}
+        for pos, (name, _) in enumerate(locs):
+            by_shard.setdefault(name, []).append(pos)
+        n = len(keys)
+        parts: dict[str, tuple[list[int], np.ndarray]] = {}
+        length = 0
+        for name, positions in by_shard.items():
+            rows = np.asarray([locs[p][1] for p in positions])
+            mask = np.asarray(self._shards[name]["mask"][rows])
+            real = mask.any(0).nonzero()[0]
+            length = max(length, int(real[-1]) + 1 if len(real) else 0)
+            parts[name] = (positions, rows)
+        first = next(iter(self._shards.values())) if self._shards else None
+        dim = first["states"].shape[-1] if first is not None else 0
+        states = np.zeros((n, length, dim), np.float32)
+        mask = np.zeros((n, length), bool)
+        pooled = np.zeros((n, dim), np.float32)
+        valid = np.zeros(n, bool)
+        for name, (positions, rows) in parts.items():
+            sh = self._shards[name]
+            k = min(length, sh["states"].shape[1])
+            states[positions, :k] = sh["states"][rows, :k]
+            mask[positions, :k] = sh["mask"][rows, :k]
+            pooled[positions] = sh["pooled"][rows]
+            valid[positions] = sh["valid"][rows]
+        feats = SequenceFeatures(torch.from_numpy(states), torch.from_numpy(mask), torch.from_numpy(pooled))
+        return feats, torch.from_numpy(valid)
+
+
+class _Comm:
+    """Rank / world / barrier of a Lightning strategy, or of a single process."""
+
+    def __init__(self, strategy=None):
+        self.rank = int(getattr(strategy, "global_rank", 0)) if strategy is not None else 0
+        self.world = int(getattr(strategy, "world_size", 1)) if strategy is not None else 1
+        self._strategy = strategy
+
+    def barrier(self, name: str) -> None:
+        if self.world > 1:
+            self._strategy.barrier(name)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="item", disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+def _write_in_shards(store: FeatureStore, keys: list[str], batches, shard_rows: int = SHARD_ROWS) -> None:
+    """Consume ``batches`` of (SequenceFeatures, valid) for ``keys`` in order; write a shard every
+    ``shard_rows`` rows (bounded memory; an interrupted build keeps its finished shards)."""
+    buf: list[tuple[SequenceFeatures, torch.Tensor]] = []
+    done = held = 0
+    for feats, valid in batches:
+        buf.append((feats.to("cpu"), valid.cpu()))
+        held += len(feats)
+        if held >= shard_rows:
+            store.write(keys[done:done + held], SequenceFeatures.cat([b[0] for b in buf]), torch.cat([b[1] for b in buf]))
+            done, held, buf = done + held, 0, []
+    if buf:
+        store.write(keys[done:done + held], SequenceFeatures.cat([b[0] for b in buf]), torch.cat([b[1] for b in buf]))
+
+
+class FeatureCache:
+    """The frozen encoders' features of a data module's splits (module docstring).
+
+    Args:
+        root: cache folder (shared by runs: keys keep different encoders apart).
+        audio_encoder, text_encoder: the model's encoders; only those with ``freeze`` are cached.
+        sample_rate, clip_samples, crop: the audio window (the data module's ``eval_crop``).
+        batch_size, num_workers: of the building passes.
+    """
+
+    def __init__(self, root: str | os.PathLike, audio_encoder: torch.nn.Module, text_encoder: torch.nn.Module,
+                 sample_rate: int, clip_samples: int, crop: str = "start", batch_size: int = 16,
+                 num_workers: int = 0, progress: bool = True):
+        self.root = Path(root)
+        self.audio_encoder, self.text_encoder = audio_encoder, text_encoder
+        self.cache_audio = bool(getattr(audio_encoder, "freeze", False))
+        self.cache_text = bool(getattr(text_encoder, "freeze", False))
+        self.sample_rate, self.clip_samples, self.crop = int(sample_rate), int(clip_samples), crop
+        self.batch_size, self.num_workers, self.progress = batch_size, num_workers, progress
+        self._audio_store: FeatureStore | None = None
+        self._text_store: FeatureStore | None = None
+        self._split_keys: dict[str, list[str]] = {}  # split name -> entry key per clip_index
+        self._text_ready: set[str] = set()
+        self.stats = {"audio_built": 0, "text_built": 0}
+
+    # ---- stores (folders) keyed by encoder identity + weights (+ crop) ------------------------
+    @staticmethod
+    def encoder_key(encoder: torch.nn.Module) -> dict:
+        from coattn.encoders.clap_checkpoint import weights_digest
+
+        return {"identity": encoder.identity(), "weights": weights_digest(encoder)}
+
+    def audio_meta(self) -> dict:
+        return {"kind": "audio", **self.encoder_key(self.audio_encoder), "sample_rate": self.sample_rate,
+                "clip_samples": self.clip_samples, "crop": self.crop, "file_key": "resolved path + size + mtime_ns"}
+
+    def text_meta(self) -> dict:
+        return {"kind": "text", **self.encoder_key(self.text_encoder), "entry_key": "sha1(caption)"}
+
+    @property
+    def audio_store(self) -> FeatureStore:
+        if self._audio_store is None:
+            meta = self.audio_meta()
+            self._audio_store = FeatureStore(self.root / "audio" / _sha1(meta)[:20], meta)
+        return self._audio_store
+
+    @property
+    def text_store(self) -> FeatureStore:
+        if self._text_store is None:  # after the tokenizer exists: its state is part of the identity
+            meta = self.text_meta()
+            self._text_store = FeatureStore(self.root / "text" / _sha1(meta)[:20], meta)
+        return self._text_store
+
+    def _device(self, encoder: torch.nn.Module) -> torch.device:
+        p = next(encoder.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    # ---- building -----------------------------------------------------------------------------
+    def ensure_audio(self, split, comm: _Comm | None = None, name: str | None = None) -> list[str]:
+        """Entry keys of every clip of ``split`` (a ``data_modules.base.Split``), building the missing ones."""
+        from torch.utils.data import DataLoader, Subset
+
+        from data_modules.base import ClipDataset, collate
+
+        comm = comm or _Comm()
+        store = self.audio_store
+        keys = [file_key(p) for p in split.paths]
+        first: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        missing = [i for k, i in first.items() if k not in store]
+        comm.barrier("feature_cache_audio_scan")  # everyone scanned before anyone writes
+        mine = missing[comm.rank::comm.world]
+        if mine:
+            ds = Subset(ClipDataset(split, self.sample_rate, self.clip_samples, self.crop), mine)
+            loader = DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate)
+            enc, dev = self.audio_encoder, self._device(self.audio_encoder)
+            bar = _progress(len(mine), f"feature cache: audio ({name or split.name})", self.progress and comm.rank == 0)
+
+            def batches():
+                with torch.no_grad():
+                    for b in loader:
+                        feats = enc(b["audio"].to(dev))
+                        bar.update(len(b["clip_index"]))
+                        yield feats, b["valid"]
+
+            _write_in_shards(store, [keys[i] for i in mine], batches())
+            bar.close()
+            self.stats["audio_built"] += len(mine)
+        comm.barrier("feature_cache_audio_built")
+        store.refresh()
+        absent = [split.fnames[i] for i, k in enumerate(keys) if k not in store]
+        if absent:
+            raise RuntimeError(f"feature cache {store.root}: {len(absent)} clips still missing after the build "
+                               f"(e.g. {absent[:3]}); did a rank fail?")
+        if missing:
+            log.info("feature cache: %d/%d %s clips encoded into %s", len(missing), len(first), name or split.name, store.root)
+        return keys
+
+    def ensure_text(self, captions: Sequence[str], comm: _Comm | None = None, name: str = "") -> None:
+        """Encode the captions not in the text store yet (shared across ranks)."""
+        comm = comm or _Comm()
+        store = self.text_store
+        unique = list(dict.fromkeys(captions))
+        missing = [c for c in unique if caption_key(c) not in store]
+        comm.barrier("feature_cache_text_scan")
+        mine = missing[comm.rank::comm.world]
+        if mine:
+            enc, bs = self.text_encoder, max(self.batch_size, 64)
+            bar = _progress(len(mine), f"feature cache: text ({name})", self.progress and comm.rank == 0)
+
+            def batches():
+                with torch.no_grad():
+                    for i in range(0, len(mine), bs):
+                        chunk = mine[i:i + bs]
+                        feats = enc(chunk)
+                        bar.update(len(chunk))
+                        yield feats, torch.ones(len(chunk), dtype=torch.bool)
+
+            _write_in_shards(store, [caption_key(c) for c in mine], batches())
+            bar.close()
+            self.stats["text_built"] += len(mine)
+        comm.barrier("feature_cache_text_built")
+        store.refresh()
+        if missing:
+            log.info("feature cache: %d/%d %s captions encoded into %s", len(missing), len(unique), name, store.root)
+
+    # ---- reading ------------------------------------------------------------------------------
+    def audio_features(self, keys: Sequence[str]) -> tuple[SequenceFeatures, torch.Tensor]:
+        return self.audio_store.get(keys)
+
+    def text_features(self, captions: Sequence[str]) -> SequenceFeatures:
+        """Cached token features; captions not in the cache (e.g. a paraphrase drawn for the first
+        time) are encoded now, in the same call, and not stored."""
+        store = self.text_store
+        keys = [caption_key(c) for c in captions]
+        hit = [i for i, k in enumerate(keys) if k in store]
+        if len(hit) == len(keys):
+            return store.get(keys)[0]
+        miss = [i for i, k in enumerate(keys) if k not in store]
+        with torch.no_grad():
+            fresh = self.text_encoder([captions[i] for i in miss]).to("cpu")
+        parts = [fresh] if not hit else [store.get([keys[i] for i in hit])[0], fresh]
+        merged = SequenceFeatures.cat(parts)
+        order = torch.argsort(torch.tensor(hit + miss))
+        return merged.index(order)
+
+
+class ModuleFeatureCache:
+    """The glue the LightningModule uses: picks the split of each batch, builds lazily on the first
+    batch of a split (after checkpoints are restored and the tokenizer exists) and adds
+    ``audio_features`` / ``text_features`` (and the cached ``valid``) to the batch."""
+
+    def __init__(self, root: str, model, datamodule, strategy=None):
+        self.dm, self.strategy = datamodule, strategy
+        self.cache = FeatureCache(root, model.audio_encoder, model.text_encoder, datamodule.sample_rate,
+                                  datamodule.num_samples, datamodule.eval_crop,
+                                  batch_size=datamodule.eval_batch_size, num_workers=datamodule.num_workers)
+        if self.cache.cache_audio:
+            datamodule.set_load_audio(False)
+            if getattr(datamodule, "train_crop", "start") == "random":
+                log.info("feature cache: training reads the features of the %r crop (a random crop cannot be "
+                         "cached); set model.feature_cache: null to train on random crops", datamodule.eval_crop)
+        if not (self.cache.cache_audio or self.cache.cache_text):
+            log.warning("model.feature_cache is set but neither encoder is frozen (freeze: true): nothing is cached")
+
+    @property
+    def active(self) -> bool:
+        return self.cache.cache_audio or self.cache.cache_text
+
+    def _split_name(self, trainer) -> str | None:
+        if trainer.training:
+            return "train"
+        if trainer.sanity_checking or trainer.validating:
+            return "val"
+        if trainer.testing or trainer.predicting:  # the data module predicts on the test split
+            return "test"
+        return None
+
+    def _ensure(self, split_name: str) -> None:
+        comm = _Comm(self.strategy)
+        if self.cache.cache_audio and split_name not in self.cache._split_keys:
+            self.cache._split_keys[split_name] = self.cache.ensure_audio(self.dm.split(split_name), comm, split_name)
+        if self.cache.cache_text and split_name not in self.cache._text_ready:
+            captions = [c for caps in self.dm.split(split_name).captions for c in caps]
+            if split_name == "train" and getattr(self.dm, "augment_prob", 0) > 0:
+                captions += [p for ps in self.dm.paraphrases().values() for p in ps]
+            self.cache.ensure_text(captions, comm, split_name)
+            self.cache._text_ready.add(split_name)
+
+    def attach(self, batch: dict, trainer) -> dict:
+        split_name = self._split_name(trainer)
+        if split_name is None or not self.active:
+            return batch
+        self._ensure(split_name)
+        device = batch["clip_index"].device
+        if self.cache.cache_audio:
+            keys = self.cache._split_keys[split_name]
+            idx = batch["clip_index"].tolist()
+            fnames = self.dm.split(split_name).fnames
+            if any(i >= len(fnames) for i in idx) or [fnames[i] for i in idx] != list(batch.get("fnames", [])):
+                if batch["audio"].numel() > 0:  # another loader (e.g. a folder to index): run the encoders
+                    return batch
+                raise RuntimeError(f"feature cache: batch clips {batch['fnames'][:3]} are not clips {idx[:3]} of the "
+                                   f"{split_name} split; the loader is not the data module's")
+            feats, valid = self.cache.audio_features([keys[i] for i in idx])
+            batch["audio_features"] = feats.to(device)
+            batch["valid"] = valid.to(device)
+        if self.cache.cache_text:
+            batch["text_features"] = self.cache.text_features(batch["captions"]).to(device)
+        return batch

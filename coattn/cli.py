@@ -33,10 +33,10 @@ def build_cli(args: list[str] | None, run: bool = True):
     """
     from callbacks.wandb_config import WandbSaveConfigCallback
     from coattn.module import CoAttnRetrieval
-    from coattn.runs import CoAttnLightningCLI
+    from coattn.safety import SafeLightningCLI  # CoAttnLightningCLI + checked ckpt_path, atomic checkpoints
     from data_modules.base import AudioCaptionDataModule
 
-    return CoAttnLightningCLI(
+    return SafeLightningCLI(
         CoAttnRetrieval,
         AudioCaptionDataModule,
         subclass_mode_data=True,
@@ -59,7 +59,13 @@ def main(args: list[str] | None = None) -> int:
         if not argv:
             return 2
         return 0
-    build_cli(None if args is None else argv)  # None: LightningCLI reads sys.argv (DDP relaunches)
+    from coattn.safety import UserFacingError
+
+    try:
+        build_cli(None if args is None else argv)  # None: LightningCLI reads sys.argv (DDP relaunches)
+    except UserFacingError as exc:  # bad checkpoint, NaN loss...: the message says it all
+        print(f"coattn: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -30,17 +30,38 @@ log = logging.getLogger(__name__)
 
 
 class Projection(nn.Module):
-    """Map to the joint space and L2-normalise. ``clap``: Linear-ReLU-Linear, LAION-CLAP's head."""
+    """Map to the joint space and L2-normalise. ``clap``: Linear-ReLU-Linear, LAION-CLAP's head.
 
-    def __init__(self, in_dim: int, out_dim: int, kind: Literal["linear", "clap"] = "linear"):
+    ``batch_norm`` standardises each input feature over the batch first (see ``feature_norm``).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, kind: Literal["linear", "clap"] = "linear",
+                 batch_norm: bool = False):
         super().__init__()
+        self.norm = nn.BatchNorm1d(in_dim) if batch_norm else nn.Identity()
         if kind == "clap":
             self.proj = nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim))
         else:
             self.proj = nn.Linear(in_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.proj(x), dim=-1)
+        return F.normalize(self.proj(self.norm(x)), dim=-1)
+
+
+class InputProjection(nn.Module):
+    """Encoder states -> cascade width, optionally standardised per feature over real positions."""
+
+    def __init__(self, in_dim: int, width: int, batch_norm: bool = False):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(in_dim) if batch_norm else None
+        self.proj = nn.Linear(in_dim, width)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:  # statistics from real frames/tokens only, never from padding
+            normed = torch.zeros_like(states)
+            normed[mask] = self.norm(states[mask])
+            states = normed
+        return self.proj(states)
 
 
 class CoAttnModel(nn.Module):
@@ -50,17 +71,18 @@ class CoAttnModel(nn.Module):
                  embed_dim: int = 512, temperature: float = 0.07, learn_temperature: bool = True,
                  dual_pooling: Literal["mean", "encoder"] = "mean",
                  dual_projection: Literal["linear", "clap"] = "linear",
-                 clap_checkpoint: str | None = None):
+                 clap_checkpoint: str | None = None, feature_norm: bool = False):
         super().__init__()
         self.audio_encoder, self.text_encoder, self.cascade = audio_encoder, text_encoder, cascade
         self.dual_pooling = dual_pooling
         da, dt = audio_encoder.out_dim, text_encoder.out_dim
-        self.dual_audio = Projection(da, embed_dim, dual_projection)
-        self.dual_text = Projection(dt, embed_dim, dual_projection)
+        self.dual_audio = Projection(da, embed_dim, dual_projection, feature_norm)
+        self.dual_text = Projection(dt, embed_dim, dual_projection, feature_norm)
         self.dual_temperature = Temperature(temperature, learn_temperature)
         if self.has_pairwise:
             d = cascade.width
-            self.audio_in, self.text_in = nn.Linear(da, d), nn.Linear(dt, d)
+            self.audio_in = InputProjection(da, d, feature_norm)
+            self.text_in = InputProjection(dt, d, feature_norm)
             self.pair_audio, self.pair_text = Projection(d, embed_dim), Projection(d, embed_dim)
             self.pair_temperature = Temperature(temperature, learn_temperature)
         if clap_checkpoint:
@@ -79,11 +101,11 @@ class CoAttnModel(nn.Module):
                              "model.dual_projection: clap to load them")
         state = load_clap_state_dict(path)
         for prefix, head in (("audio_projection.", self.dual_audio), ("text_projection.", self.dual_text)):
-            sub = {"proj." + k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             if not sub:
                 raise ValueError(f"{path}: no '{prefix}*' keys; is this a LAION-CLAP checkpoint?")
             try:
-                head.load_state_dict(sub)
+                head.proj.load_state_dict(sub)
             except RuntimeError as err:
                 raise ValueError(f"{path}: '{prefix}*' does not fit this model "
                                  f"(encoder width or embed_dim differ): {err}") from None
@@ -106,13 +128,13 @@ class CoAttnModel(nn.Module):
 
     def prepare_text(self, feats: SequenceFeatures) -> PreparedText:
         """Per-caption part of the pair score (for ``iterating``: the whole text stream)."""
-        prep = self.cascade.prepare_text(self.text_in(feats.states), feats.mask)
+        prep = self.cascade.prepare_text(self.text_in(feats.states, feats.mask), feats.mask)
         if prep.pooled is not None:  # text vector is pair-independent: project it once
             prep.pooled = self.pair_text(prep.pooled)
         return prep
 
     def prepare_audio(self, feats: SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.audio_in(feats.states), feats.mask
+        return self.audio_in(feats.states, feats.mask), feats.mask
 
     # ---- pair scores ------------------------------------------------------------------------
     def score_pairs(self, text: PreparedText, ti: torch.Tensor, audio: tuple[torch.Tensor, torch.Tensor],

@@ -47,6 +47,10 @@ class CoAttnRetrieval(pl.LightningModule):
             CLAP's own pooling).
         dual_projection: ``linear`` or ``clap`` (CLAP's Linear-ReLU-Linear head).
         clap_checkpoint: LAION-CLAP checkpoint to start the dual heads from (needs ``clap``).
+        feature_norm: standardise each encoder feature over the batch (BatchNorm) before both
+            branches. Needed when the encoders train from scratch (the demo): randomly initialised
+            HTS-AT features of different clips have cosine ~0.99, and without it the contrastive
+            loss collapses them to one vector (loss stuck at log B). Off for pretrained towers.
         lr: learning rate of everything but the encoders.
         encoder_lr: learning rate of the (unfrozen) encoders.
         weight_decay: AdamW weight decay (not applied to biases, norms, temperatures).
@@ -76,12 +80,14 @@ class CoAttnRetrieval(pl.LightningModule):
                  weight_decay: float = 0.01, warmup_steps: int = 100, eval_tile_pairs: int = 16384,
                  bootstrap: int = 1000, results_dir: str | None = None, feature_cache: str | None = None,
                  pair_negatives: Literal["local", "global"] = "local",
-                 retrieval_mode: Literal["exact", "rerank"] = "exact", rerank_k: int = 64):
+                 retrieval_mode: Literal["exact", "rerank"] = "exact", rerank_k: int = 64,
+                 feature_norm: bool = False):
         super().__init__()
         # Under LightningCLI this stores the config (class paths + init args), not the modules.
         self.save_hyperparameters(ignore=[] if self._cli_hparams() else ["audio_encoder", "text_encoder", "cascade"])
         self.model = CoAttnModel(audio_encoder, text_encoder, cascade, embed_dim, temperature,
-                                 learn_temperature, dual_pooling, dual_projection, clap_checkpoint)
+                                 learn_temperature, dual_pooling, dual_projection, clap_checkpoint,
+                                 feature_norm)
         self.aux_weight, self.lr, self.encoder_lr = aux_weight, lr, encoder_lr
         self.weight_decay, self.warmup_steps = weight_decay, warmup_steps
         self.eval_tile_pairs, self.bootstrap, self.results_dir = eval_tile_pairs, bootstrap, results_dir
@@ -194,6 +200,7 @@ class CoAttnRetrieval(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         batch = self._valid_items(batch)
         out = self.losses(batch)
+        self.last_train_losses = {k: v.detach() for k, v in out.items()}  # named by callbacks.numerics
         bs = len(batch["captions"])
         for k, v in out.items():
             self.log(f"train/{k}", v, prog_bar=k == "loss", batch_size=bs)

@@ -25,6 +25,8 @@ import platform
 import re
 import subprocess
 import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +110,7 @@ def read_wandb_run_id(ckpt_path: str | os.PathLike) -> str | None:
     import torch
 
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # a broken checkpoint is reported by Lightning itself, later
         log.warning("could not read %s for its W&B run id: %s", ckpt_path, exc)
         return None
@@ -169,24 +171,59 @@ def relocate_outputs(cfg, new_root: str) -> str | None:
     return old_s
 
 
+# Set (``parse_only``) to build the CLI's parser and parse, without instantiating or running anything.
+PARSE_ONLY: ContextVar[bool] = ContextVar("coattn_cli_parse_only", default=False)
+
+
+@contextmanager
+def parse_only():
+    """Within: ``build_cli(args)`` parses ``args`` and returns; ``cli.parser`` then parses more argv cheaply."""
+    token = PARSE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        PARSE_ONLY.reset(token)
+
+
 class CoAttnLightningCLI(LightningCLI):
     """LightningCLI plus W&B resume and per-run output folders (module docstring)."""
 
-    # Evaluation settings belong to the command being run, not to the training run. Lightning
-    # overlays a --ckpt_path checkpoint's hyper-parameters on the parsed config, which would turn
-    # `coattn test --ckpt_path X --model.retrieval_mode=rerank` silently back into the exact mode.
+    def instantiate_classes(self) -> None:
+        if not PARSE_ONLY.get():
+            super().instantiate_classes()
+
+    def after_instantiate_classes(self) -> None:
+        if not PARSE_ONLY.get():
+            super().after_instantiate_classes()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if not PARSE_ONLY.get():
+            super()._run_subcommand(subcommand)
+
+    # Evaluation settings belong to the command being run, not to the training run. Lightning (and
+    # SafeLightningCLI) overlay a --ckpt_path checkpoint's hyper-parameters on the parsed config,
+    # which would turn `coattn test --ckpt_path X --model.retrieval_mode=rerank` silently back into
+    # the exact mode: these keys are recorded right after parsing and put back before instantiation.
     EVAL_ONLY_KEYS = ("retrieval_mode", "rerank_k", "eval_tile_pairs", "bootstrap", "results_dir")
 
-    def _parse_ckpt_path(self) -> None:
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
         model = self.config[sub].get("model") if sub else None
-        keep = {k: model[k] for k in self.EVAL_ONLY_KEYS if k in model} if model is not None else {}
-        super()._parse_ckpt_path()
-        for k, v in keep.items():
-            self.config[sub]["model"][k] = v
+        self._eval_only = {k: model[k] for k in self.EVAL_ONLY_KEYS if k in model} if model is not None else {}
+
+    def _restore_eval_only(self) -> None:
+        sub = self.config.get("subcommand")
+        model = self.config[sub].get("model") if sub else None
+        if model is not None:
+            for k, v in getattr(self, "_eval_only", {}).items():
+                model[k] = v
 
     def before_instantiate_classes(self) -> None:
+        self._restore_eval_only()
         super().before_instantiate_classes()
+        if PARSE_ONLY.get():
+            return
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = os.environ.get("COATTN_RUN_DIR")
         if not run_dir and os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):

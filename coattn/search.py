@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--audio-dir", required=True, help="folder of audio files to search (recursive)")
     p.add_argument("--top-k", type=int, default=10, help="clips printed per query (default 10)")
     p.add_argument("--mode", choices=["rerank", "exact"], default="rerank",
-                   help="rerank: dual-encoder shortlist re-scored by the cascade (default); exact: cascade on every clip")
+                   help="rerank: dual-encoder shortlist re-scored by the cascade (default); "
+                        "exact: the cascade scores every clip")
     p.add_argument("--rerank-k", type=int, default=64, help="shortlist length of --mode rerank (default 64)")
     p.add_argument("--index-dir", default=None,
                    help="where the index lives (default $COATTN_INDEX_DIR or ~/.cache/coattn/index/<folder hash>)")

@@ -141,26 +141,47 @@ def _quiet_sweeps():
         yield
 
 
-def parse_command(argv: list[str]) -> dict:
-    """Parse a rendered ``coattn fit ...`` command with LightningCLI (``--print_config``), in process.
-
-    Returns the resolved config; raises ``ValueError`` with the parser's message when it fails.
-    """
-    from coattn.cli import main
-
+def _strip_launcher(argv: list[str]) -> list[str]:
     args = list(argv)
     while args and args[0] in ("/usr/bin/env", "env", "coattn", "python", "-m", "coattn.cli"):
         args.pop(0)
-    out, err = io.StringIO(), io.StringIO()
-    code: Any = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([*args, "--print_config"])
-        except SystemExit as e:
-            code = e.code
-    if code not in (0, None):
-        raise ValueError(f"`{' '.join(argv)}` does not parse:\n{err.getvalue().strip()[-2000:]}")
-    return yaml.safe_load(out.getvalue())
+    return args
+
+
+def parse_commands(argvs: list[list[str]]) -> list[dict]:
+    """Parse rendered ``coattn fit ...`` commands with LightningCLI's parser, in process.
+
+    Nothing is instantiated (no weights, no data); the parser is built once and reused, so a
+    16-point grid costs one parser construction. Returns each resolved config (as
+    ``--print_config`` would print it); raises ``ValueError`` with the parser's message on failure.
+    """
+    from coattn.cli import build_cli
+    from coattn.runs import parse_only
+
+    out, parser = [], None
+    for argv in argvs:
+        args = _strip_launcher(argv)
+        err = io.StringIO()
+        code: Any = 0
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            try:
+                if parser is None:
+                    with parse_only():
+                        cli = build_cli(args)
+                    parser, cfg = cli.parser, cli.config
+                else:
+                    cfg = parser.parse_args(args)
+            except SystemExit as e:
+                code = e.code
+        if code not in (0, None):
+            raise ValueError(f"`{' '.join(argv)}` does not parse:\n{err.getvalue().strip()[-2000:]}")
+        sub = cfg.get("subcommand")
+        out.append((cfg[sub] if sub else cfg).as_dict())
+    return out
+
+
+def parse_command(argv: list[str]) -> dict:
+    return parse_commands([argv])[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,17 +241,18 @@ def find_checkpoint(run_dir: Path) -> Path | None:
 
 
 def read_val(run_dir: Path, metric: str) -> dict[str, float]:
-    """Best and last value of ``metric`` in the run's CSV logs (the newest metrics.csv)."""
-    files = sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
-    if not files:
-        return {}
-    vals = []
-    with files[-1].open(newline="") as f:
-        for row in csv.DictReader(f):
-            v = row.get(metric)
-            if v not in (None, ""):
-                vals.append(float(v))
-    return {"best": max(vals), "last": vals[-1]} if vals else {}
+    """Best and last value of ``metric`` in the run's CSV logs (the newest metrics.csv that has it:
+    ``coattn test`` writes its own, without validation metrics)."""
+    for path in sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime, reverse=True):
+        vals = []
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                v = row.get(metric)
+                if v not in (None, ""):
+                    vals.append(float(v))
+        if vals:
+            return {"best": max(vals), "last": vals[-1]}
+    return {}
 
 
 def read_test(run_dir: Path) -> dict[str, float]:
@@ -248,9 +270,7 @@ def _run_argv(argv: list[str], env: dict[str, str], log: Path, in_process: bool)
             return subprocess.run(argv, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
     from coattn.cli import main
 
-    args = list(argv)
-    while args and args[0] in ("/usr/bin/env", "env", "coattn"):
-        args.pop(0)
+    args = _strip_launcher(argv)
     saved = {k: os.environ.get(k) for k in ("COATTN_RUN_DIR", "COATTN_RUN_NAME", "COATTN_RUN_GROUP")}
     os.environ.update({k: env[k] for k in saved})
     try:
@@ -268,12 +288,26 @@ def _run_argv(argv: list[str], env: dict[str, str], log: Path, in_process: bool)
                 return 1
             finally:
                 _finish_wandb()
+                _release_log_handlers(f)
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _release_log_handlers(stream) -> None:
+    """Point logging handlers created during an in-process run at the real stderr again (they
+    captured the run's log file, which is about to be closed)."""
+    import logging
+
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        for h in lg.handlers:
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is stream:
+                h.setStream(sys.__stderr__)
 
 
 def _finish_wandb() -> None:

@@ -137,17 +137,31 @@ class Split:
 def make_split(source: SplitSource, exclude: set[str] | frozenset[str] = frozenset()) -> Split:
     """Keep the clips whose audio exists, is safe and is not excluded; the rest is listed, never fatal.
 
-    Empty captions are dropped; a clip left without captions is dropped too. ``exclude`` holds
-    file names (e.g. the unreadable clips ``coattn data-check`` found) to leave out up front.
+    Empty captions are dropped; a clip left without captions is dropped too. A row repeated
+    verbatim (same file, same captions) is read once. Both are counted in one warning.
+    ``exclude`` holds file names (e.g. the unreadable clips ``coattn data-check`` found) to leave out up front.
     """
     audio_dir = source.audio_dir
     order: list[str] = []
     caps: dict[str, list[str]] = {}
+    seen_rows: set[tuple[str, tuple[str, ...]]] = set()
+    n_dup_rows = n_empty = 0
     for fname, captions, _ in source.rows:
+        key = (fname, tuple(captions))
+        if key in seen_rows:
+            n_dup_rows += 1
+            continue
+        seen_rows.add(key)
         if fname not in caps:
             order.append(fname)
             caps[fname] = []
         caps[fname].extend(c.strip() for c in captions if c and c.strip())
+        n_empty += sum(1 for c in captions if not (c and c.strip()))
+    no_caption = [f for f in order if not caps[f]]
+    if n_dup_rows or n_empty:
+        log.warning("%s split: %s: %d duplicated rows read once, %d empty captions dropped, %d clips left without "
+                    "captions%s", source.name, source.csv, n_dup_rows, n_empty, len(no_caption),
+                    f" (skipped, e.g. {no_caption[:3]})" if no_caption else "")
     split = Split(source.name, audio_dir, [], [], [])
     root_resolved = audio_dir.resolve()
     for fname in order:

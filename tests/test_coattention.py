@@ -125,3 +125,18 @@ def test_pair_list_matches_grid():
         ti, aj = torch.tensor([2, 0, 1, 2]), torch.tensor([3, 1, 0, 0])
         some = m.score_pairs(m.prepare_text(text), ti, m.prepare_audio(audio), aj)
     torch.testing.assert_close(some, full[ti, aj], atol=1e-5, rtol=1e-5)
+
+
+def test_feature_norm_ignores_padding():
+    """BatchNorm statistics come from real positions only: padding junk changes nothing."""
+    torch.manual_seed(0)
+    cascade = CoAttentionCascade(kind="iterating", depth=1, width=32, heads=4, ffn_dim=64, dropout=0.0)
+    m = CoAttnModel(FakeEncoder(24), FakeEncoder(20), cascade, embed_dim=16, feature_norm=True).train()
+    text, audio = feats(3, 5, 20, [5, 3, 1]), feats(4, 6, 24)
+    ref = grid(m, text, audio)
+    junk = SequenceFeatures(text.states.clone(), text.mask, text.pooled)
+    junk.states[~text.mask] = 1e4
+    torch.testing.assert_close(grid(m, junk, audio), ref, atol=1e-5, rtol=1e-5)
+    # Standardised: the cascade input of real tokens has ~zero mean per feature over the batch.
+    x = m.text_in.norm(text.states[text.mask])
+    assert x.mean(0).abs().max() < 1e-5

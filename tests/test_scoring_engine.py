@@ -26,7 +26,7 @@ def setup(kind: str, share: bool = False, depth: int = 3):
 
 
 @pytest.mark.parametrize("share", [False, True])
-@pytest.mark.parametrize("tile", [1, 3, 5, 7, 11, 13, 1000])
+@pytest.mark.parametrize("tile", [1, 5, 13, 1000])
 def test_iterating_engine_equals_grid(share, tile):
     m, pt, pa, full = setup("iterating", share)
     assert uses_fast_path(m, pt)
@@ -38,7 +38,7 @@ def test_rows_and_pair_lists_equal_grid(kind):
     m, pt, pa, full = setup(kind)
     g = torch.Generator().manual_seed(0)
     cols = torch.stack([torch.randperm(6, generator=g)[:4] for _ in range(7)])  # a shortlist per caption
-    for tile in (1, 5, 9, 100):
+    for tile in (5, 100):
         torch.testing.assert_close(score_rows(m, pt, pa, cols, tile_pairs=tile), full.gather(1, cols),
                                    atol=1e-5, rtol=1e-5)
     rows = torch.tensor([6, 0, 0, 3])  # explicit caption rows, repeated and out of order
@@ -46,7 +46,7 @@ def test_rows_and_pair_lists_equal_grid(kind):
                                atol=1e-5, rtol=1e-5)
     ti = torch.randint(0, 7, (23,), generator=g)
     aj = torch.randint(0, 6, (23,), generator=g)
-    for tile in (1, 4, 64):
+    for tile in (4, 64):
         torch.testing.assert_close(score_pair_list(m, pt, pa, ti, aj, tile_pairs=tile), full[ti, aj],
                                    atol=1e-5, rtol=1e-5)
     assert score_pair_list(m, pt, pa, ti[:0], aj[:0]).shape == (0,)

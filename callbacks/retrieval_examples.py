@@ -125,7 +125,7 @@ class RetrievalExamples(Callback):
         (out / f"{stem}.md").write_text("\n".join(lines), encoding="utf-8")
 
     def _audio(self, trainer: Trainer, stage: str):
-        """fname -> callable returning a wandb.Audio (None where audio cannot be read)."""
+        """fname -> audio file path of the evaluated split ({} when the data module has no splits)."""
         dm = trainer.datamodule
         try:
             split = dm.split(stage)

@@ -25,16 +25,12 @@ from typing import Any
 import yaml
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
 
+from callbacks.common import wandb_loggers
 from coattn.runs import redact, run_info
 
 CONFIG_FILENAME = "coattn_config.yaml"
-
-
-def wandb_loggers(trainer: Trainer) -> list[WandbLogger]:
-    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
 
 
 class WandbSaveConfigCallback(SaveConfigCallback):
@@ -64,10 +60,8 @@ class WandbSaveConfigCallback(SaveConfigCallback):
         if self.save_to_log_dir and self._log_dir:
             log_dir = Path(self._log_dir)
             path = log_dir / self.config_filename
-            body = yaml.safe_dump(config, sort_keys=False) if path.is_file() else None
-            header = self._header(info, stage)
-            # rewrite what the base class saved: same content (redacted), provenance on top
-            path.write_text(header + (body or yaml.safe_dump(config, sort_keys=False)), encoding="utf-8")
+            # rewrite what the base class saved: the same config (redacted), provenance on top
+            path.write_text(self._header(info, stage) + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
             info_path = log_dir / "run_info.json"
             info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
             files = [path, info_path]

@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from coattn.atomic import atomic_write_text
 from coattn.coattention import CoAttentionCascade, PreparedText
 from coattn.distributed import gather_eval, gather_pair_audio, global_batch_size, global_nt_xent, rank_world
 from coattn.encoders import ClapAudioEncoder, TextEncoder
@@ -121,9 +122,7 @@ class CoAttnRetrieval(pl.LightningModule):
             if self.trainer.is_global_zero:
                 out = Path(self.trainer.default_root_dir) / "tokenizer.json"
                 out.parent.mkdir(parents=True, exist_ok=True)
-                tmp = out.with_suffix(".json.tmp")
-                tmp.write_text(state, encoding="utf-8")
-                tmp.replace(out)
+                atomic_write_text(out, state)
         dm = getattr(self.trainer, "datamodule", None)
         if self.feature_cache:  # per trainer: its strategy (ranks) and data module
             if dm is None or not hasattr(dm, "set_load_audio"):

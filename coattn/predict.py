@@ -52,11 +52,11 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    from coattn.results import _atomic_write
+    from coattn.atomic import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     data = _npz_bytes(arrays)
-    _atomic_write(path, lambda f: f.write(data), binary=True)
+    atomic_write_bytes(path, data)
 
 
 @torch.no_grad()

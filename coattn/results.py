@@ -17,9 +17,8 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,25 +26,9 @@ from torch import Tensor
 
 from coattn import metrics as M
 
+from coattn.atomic import atomic_write
+
 SUBMISSION_K = 10
-
-
-# ---------------------------------------------------------------------------- atomic writes
-def _atomic_write(path: Path, write: Callable[[Any], None], binary: bool) -> None:
-    """Write via a temp file in the target folder (same filesystem, so os.replace is atomic)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        text_kw = {} if binary else {"encoding": "utf-8", "newline": ""}  # csv handles newlines
-        with os.fdopen(fd, "wb" if binary else "w", **text_kw) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Leave no temp file behind whatever went wrong (including KeyboardInterrupt).
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _jsonable(x: Any) -> Any:
@@ -128,7 +111,7 @@ def write_results(
         "scores": out / "scores.npz",
         "submission": out / "submission_t2a.csv",
     }
-    _atomic_write(paths["metrics"], lambda f: f.write(text), binary=False)
+    atomic_write(paths["metrics"], lambda f: f.write(text), binary=False)
 
     # Plain unicode arrays (no object dtype): np.load works without allow_pickle.
     arrays = {
@@ -138,7 +121,7 @@ def write_results(
         "caption_clip": cc.astype(np.int64),
     }
     # np.savez to a file object does not append ".npz" to the temp name.
-    _atomic_write(paths["scores"], lambda f: np.savez(f, **arrays), binary=True)
+    atomic_write(paths["scores"], lambda f: np.savez(f, **arrays), binary=True)
 
     # Same tie rule as the ranks, so the true clip sits at column `rank` of its row.
     top = M.topk(torch.from_numpy(s), SUBMISSION_K).numpy()
@@ -150,7 +133,7 @@ def write_results(
         for cap, row in zip(captions, top):
             w.writerow([cap, *(clip_names[j] for j in row)])
 
-    _atomic_write(paths["submission"], write_csv, binary=False)
+    atomic_write(paths["submission"], write_csv, binary=False)
     return paths
 
 

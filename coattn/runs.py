@@ -13,7 +13,8 @@ are instantiated:
   ``WANDB_RUN_ID``: ``<default_root_dir>/sweeps/<sweep id>/<run id>``), those paths are moved to
   the run's own folder, so runs of one sweep never overwrite each other's checkpoints.
 
-``run_info()`` is the provenance logged with every run (git SHA, dirty flag, package versions);
+``parse_only()`` makes ``build_cli`` parse without instantiating or running (``coattn sweep`` checks
+every grid point's command with it). ``run_info()`` is the provenance logged with every run (git SHA, dirty flag, package versions);
 ``redact()`` keeps anything that looks like a secret out of what is written.
 """
 from __future__ import annotations

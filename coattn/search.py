@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -42,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from coattn.atomic import atomic_write_bytes
 
 log = logging.getLogger("coattn.search")
 
@@ -94,20 +95,6 @@ def scan_audio(audio_dir: Path) -> list[tuple[str, int, int]]:
                 continue
             out.append((path.relative_to(audio_dir).as_posix(), st.st_size, st.st_mtime_ns))
     return sorted(out)
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @contextmanager
@@ -222,7 +209,7 @@ def build_index(model, audio_dir: str | os.PathLike, index_dir: str | os.PathLik
                 import io
                 buf = io.BytesIO()
                 np.savez(buf, **arrays)
-                _atomic_bytes(folder / shard, buf.getvalue())
+                atomic_write_bytes(folder / shard, buf.getvalue())
                 for row, rel in enumerate(ok):
                     files[rel] = {"size": meta[rel][0], "mtime_ns": meta[rel][1], "shard": shard, "row": row}
             for rel, err in errors.items():
@@ -231,7 +218,7 @@ def build_index(model, audio_dir: str | os.PathLike, index_dir: str | os.PathLik
         if todo or stats["removed"] or not manifest_path.is_file():
             manifest = {"version": MANIFEST_VERSION, "audio_dir": str(audio_dir.resolve()),
                         "encoder_key": folder.name, "files": dict(sorted(files.items()))}
-            _atomic_bytes(manifest_path, json.dumps(manifest, indent=1).encode("utf-8"))
+            atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode("utf-8"))
             live = {e["shard"] for e in files.values() if "shard" in e}
             for p in folder.glob("shard-*.npz"):  # shards no file points to any more
                 if p.name not in live:

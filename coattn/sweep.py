@@ -495,7 +495,10 @@ def choose_x(params: list[str], groups: list[dict], x: str | None = None) -> str
     return max(pool, key=lambda p: len({g[p] for g in groups}), default=None)
 
 
-def plot(params: list[str], groups: list[dict], x: str, path: Path, metric: str, title: str) -> Path:
+def plot(params: list[str], groups: list[dict], x: str, path: Path, metric: str, title: str,
+         order: list[str] | None = None) -> Path:
+    """``metric`` against ``x`` (numeric: a line per value of the other varying parameters;
+    categorical: points in ``order``, default sorted), seeds as dots, mean +- std bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -506,7 +509,8 @@ def plot(params: list[str], groups: list[dict], x: str, path: Path, metric: str,
     for g in groups:
         series.setdefault(tuple(g[p] for p in others), []).append(g)
     numeric = all(isinstance(g[x], (int, float)) and not isinstance(g[x], bool) for g in groups)
-    cats = sorted({str(g[x]) for g in groups}) if not numeric else None
+    present = {str(g[x]) for g in groups}
+    cats = None if numeric else [c for c in (order or []) if c in present] + sorted(present - set(order or []))
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, (key, gs) in enumerate(sorted(series.items(), key=lambda kv: str(kv[0]))):
         gs = sorted(gs, key=lambda g: g[x] if numeric else str(g[x]))
@@ -514,7 +518,7 @@ def plot(params: list[str], groups: list[dict], x: str, path: Path, metric: str,
         offset = 0.0 if numeric else (i - (len(series) - 1) / 2) * 0.08
         label = ", ".join(f"{_short(p)}={v}" for p, v in zip(others, key)) or "mean +- std"
         ax.errorbar([v + offset for v in xs], [g["mean"] for g in gs], yerr=[g["std"] for g in gs], marker="o",
-                    capsize=3, label=label, linestyle="-" if len(gs) > 1 else "none")
+                    capsize=3, label=label, linestyle="-" if numeric and len(gs) > 1 else "none")
         color = ax.lines[-1].get_color()
         for xv, g in zip(xs, gs):
             ax.scatter([xv + offset] * len(g["values"]), g["values"], s=10, alpha=0.45, color=color)
@@ -528,7 +532,7 @@ def plot(params: list[str], groups: list[dict], x: str, path: Path, metric: str,
         ax.set_xticks(range(len(cats)))
         ax.set_xticklabels(cats, rotation=20, ha="right", fontsize=8)
     ax.set_xlabel(_short(x))
-    ax.set_ylabel(f"{metric} (mean +- std over seeds; dots: seeds)")
+    ax.set_ylabel(f"{metric}\n(mean +- std over seeds; dots: seeds)", fontsize=9)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

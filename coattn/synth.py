@@ -34,6 +34,8 @@ from typing import Callable
 import numpy as np
 import soundfile as sf
 
+from coattn.atomic import atomic_write_bytes
+
 SPLITS = ("development", "validation", "evaluation")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 TIMES_WORDS = {2: "twice", 3: "three times"}
@@ -293,12 +295,6 @@ def render(scene: list[tuple[EventType, int]], seconds: float, sr: int, rng: np.
 # Writing
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # readers never see a half-written file, even after a crash
-
-
 def _wav_bytes(wave: np.ndarray, sr: int) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, wave, sr, format="WAV", subtype="PCM_16")
@@ -326,7 +322,7 @@ def synthesize(out_dir: str | Path, seed: int = 0, counts: dict[str, int] | None
             captions = make_captions(scene, rng)
             wave = render(scene, seconds, sample_rate, rng)
             fname = f"{split}_{i:05d}.wav"
-            _atomic_write_bytes(out / split / fname, _wav_bytes(wave, sample_rate))
+            atomic_write_bytes(out / split / fname, _wav_bytes(wave, sample_rate))
             rows.append([fname, *captions])
             key = tuple((e.name, c) for e, c in scene)
             scenes_seen.add(key)
@@ -337,9 +333,9 @@ def synthesize(out_dir: str | Path, seed: int = 0, counts: dict[str, int] | None
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["file_name", *(f"caption_{k}" for k in range(1, 6))])
         writer.writerows(rows)
-        _atomic_write_bytes(out / f"clotho_captions_{split}.csv", buf.getvalue().encode("utf-8"))
+        atomic_write_bytes(out / f"clotho_captions_{split}.csv", buf.getvalue().encode("utf-8"))
         summary["clips"][split] = n
-    _atomic_write_bytes(out / "synth_metadata.json", json.dumps(metadata, indent=1, sort_keys=True).encode())
+    atomic_write_bytes(out / "synth_metadata.json", json.dumps(metadata, indent=1, sort_keys=True).encode())
     summary["distinct_scenes"] = len(scenes_seen)
     summary["seconds_elapsed"] = round(time.perf_counter() - t0, 2)
     return summary

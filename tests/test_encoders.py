@@ -253,3 +253,16 @@ def test_hf_text_missing_model_fails_fast(monkeypatch):
     with pytest.raises(RuntimeError, match="coattn-test/no-such-model.*huggingface-cli download roberta-base"):
         HFTextEncoder(model="coattn-test/no-such-model")
     assert time.perf_counter() - t0 < 15  # no hub retries
+
+
+def test_fft_spectrogram_matches_torchlibrosa():
+    """The torch.stft replacement gives torchlibrosa's conv-based spectrogram (what CLAP trained on)."""
+    from coattn.encoders import ClapAudioEncoder
+
+    enc = ClapAudioEncoder("HTSAT-mini")
+    extractor = enc.model.spectrogram_extractor
+    x = torch.randn(2, 48000)
+    fast = extractor(x)
+    reference = type(extractor).forward(extractor, x)  # the class's own (conv) forward
+    assert fast.shape == reference.shape == (2, 1, 101, 513)
+    assert ((fast - reference).abs().max() / reference.abs().max()).item() < 1e-5

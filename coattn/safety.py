@@ -315,6 +315,13 @@ class SafeLightningCLI(CoAttnLightningCLI):
         from callbacks.numerics import NonFiniteGuard
         from callbacks.resume_state import RngState
 
+        if config.get("enable_progress_bar") is False:
+            # `--trainer.enable_progress_bar=false` on a YAML that configures a bar: drop the bar
+            # instead of Lightning's MisconfigurationException.
+            from lightning.pytorch.callbacks import ProgressBar
+
+            kept = [c for c in (config.get("callbacks") or []) if not isinstance(c, ProgressBar)]
+            config = {**config, "callbacks": kept}
         existing = list(config.get("callbacks") or []) + list(callbacks)
         extra = [cls() for cls in (NonFiniteGuard, RngState) if not _has_type(existing, cls)]
         if (config.get("enable_checkpointing") is not False and not _has_type(existing, KeepLastCheckpoint)

@@ -29,6 +29,7 @@ def _fit(root, cwd, batch: int, devices: int) -> dict:
     args = [*tiny_fit_args(root, epochs=2, steps=1), "--model.cascade.init_args.kind=none",
             "--model.text_encoder.init_args.freeze=true", f"--data.init_args.batch_size={batch}",
             "--model.feature_norm=false",  # BatchNorm: per-rank statistics (needs trainer.sync_batchnorm)
+            "--data.init_args.train_items=clip",  # 8 items: the 2 x 4 batches hold the 1 x 8 batch
             "--model.warmup_steps=1", f"--trainer.devices={devices}"]
     if devices > 1:
         args.append("--trainer.strategy=ddp")

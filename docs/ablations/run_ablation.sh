@@ -37,18 +37,18 @@ print(f"calibrated on {frames.shape[0]} frames of {len(paths)} clips -> {sys.arg
 PY
 
 BASE=experiments/ablation/base.yaml
-run_all() {  # $1: seeds. Finished runs are read back, so a second pass only runs the new seeds.
-  # 1. none and single (stacking / iterating at depth 2 come from the depth sweep)
-  $COATTN sweep experiments/ablation/cascades.yaml --config $BASE --seeds $1 --in-process \
-    --out $OUT/cascades --x kind --title "cascades at depth 2"
-  # 2. depth: stacking and iterating, depth 1, 2, 4, 8
-  $COATTN sweep experiments/ablation/depth.yaml --config $BASE --seeds $1 --in-process \
-    --out $OUT/depth --title "depth (stacking vs iterating)"
-  # 3. temperature: fixed 0.01, 0.05, 0.2 and the learned one (iterating, depth 2)
-  $COATTN sweep experiments/ablation/temperature.yaml --config $BASE --seeds $1 --in-process \
-    --out $OUT/temperature --title "NT-Xent temperature (iterating, depth 2)"
+sweep() {  # $1 sweep file, $2 out name, $3 seeds, rest: extra options. Finished runs are read back.
+  local file=$1 name=$2 seeds=$3; shift 3
+  $COATTN sweep "$file" --config $BASE --seeds $seeds --in-process --out "$OUT/$name" "$@"
 }
-# Two seeds everywhere first, then the third: on 2 shared cores a run takes 1.5-5 minutes.
-run_all "0 1"
-run_all "$SEEDS"
+# Cheapest first, two seeds before the third: on 2 shared cores a run takes 1 to 8 minutes.
+# cascades: none and single (stacking / iterating at depth 2 come from the depth sweep)
+# depth: stacking and iterating at 1, 2, 4, 8 (--max-runs 6: the grid's first 6 points, depth <= 4)
+# temperature: fixed 0.01, 0.05, 0.2 and the learned one (iterating, depth 2)
+for seeds in "0 1" "$SEEDS"; do
+  sweep experiments/ablation/cascades.yaml cascades "$seeds" --x kind --title "cascades at depth 2"
+  sweep experiments/ablation/depth.yaml depth "$seeds" --max-runs 6 --title "depth (stacking vs iterating)"
+  sweep experiments/ablation/temperature.yaml temperature "$seeds" --title "NT-Xent temperature (iterating, depth 2)"
+  sweep experiments/ablation/depth.yaml depth "$seeds" --title "depth (stacking vs iterating)"
+done
 echo "ablation done: $OUT/{cascades,depth,temperature}/report.md"

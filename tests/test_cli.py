@@ -74,3 +74,28 @@ def test_cli_override_and_bad_key(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "coattn.cli", "fit", "--config", DEMO, "--print_config",
                           "--model.cascade.init_args.kind=sideways"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode != 0 and "kind" in bad.stderr
+
+
+@pytest.mark.slow
+def test_fit_on_an_audiocaps_layout(tiny_clotho, tmp_path, monkeypatch):
+    """The same command trains on an AudioCaps-layout copy (stand-in audio: the synthetic clips)."""
+    import csv
+    import shutil
+
+    root = tmp_path / "audiocaps"
+    splits = {"train": "development", "val": "validation", "test": "evaluation"}
+    for split, clotho_split in splits.items():
+        (root / "audio" / split).mkdir(parents=True)
+        rows = list(csv.DictReader(open(tiny_clotho / f"clotho_captions_{clotho_split}.csv", encoding="utf-8")))
+        with open(root / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["audiocap_id", "youtube_id", "start_time", "caption"])
+            for i, row in enumerate(rows):
+                yid = f"yt{clotho_split[:3]}{i:03d}"
+                shutil.copy(tiny_clotho / clotho_split / row["file_name"], root / "audio" / split / f"{yid}.wav")
+                for j in range(1 if split == "train" else 5):  # AudioCaps: 1 caption per training clip
+                    w.writerow([f"{i}{j}", yid, 30, row[f"caption_{j + 1}"]])
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in tiny_args(tiny_clotho) if not a.startswith("--data.init_args.root")]
+    assert main(["fit", *args, "--data=data_modules.AudioCapsDataModule", f"--data.init_args.root={root}",
+                 "--trainer.fast_dev_run=1"]) == 0

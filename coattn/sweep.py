@@ -517,9 +517,9 @@ def plot(params: list[str], groups: list[dict], x: str, path: Path, metric: str,
         xs = [g[x] if numeric else cats.index(str(g[x])) for g in gs]
         offset = 0.0 if numeric else (i - (len(series) - 1) / 2) * 0.08
         label = ", ".join(f"{_short(p)}={v}" for p, v in zip(others, key)) or "mean +- std"
-        ax.errorbar([v + offset for v in xs], [g["mean"] for g in gs], yerr=[g["std"] for g in gs], marker="o",
-                    capsize=3, label=label, linestyle="-" if numeric and len(gs) > 1 else "none")
-        color = ax.lines[-1].get_color()
+        bars = ax.errorbar([v + offset for v in xs], [g["mean"] for g in gs], yerr=[g["std"] for g in gs],
+                           marker="o", capsize=3, label=label, linestyle="-" if numeric and len(gs) > 1 else "none")
+        color = bars[0].get_color()
         for xv, g in zip(xs, gs):
             ax.scatter([xv + offset] * len(g["values"]), g["values"], s=10, alpha=0.45, color=color)
     if numeric:

@@ -50,7 +50,12 @@ def test_offline_run_folder_and_resume(tiny_clotho, tmp_path, monkeypatch):
     assert len(runs) == 1
     run = runs[0]
     files = run / "files"
-    log_file = next(run.glob("run-*.wandb"))
+    # wandb-core writes the binary run file asynchronously: give a loaded machine time to close it
+    deadline = time.time() + 60
+    while not list(run.glob("run-*.wandb")) and time.time() < deadline:
+        time.sleep(0.5)
+    log_file = next(run.glob("run-*.wandb"), None)
+    assert log_file is not None, f"no run-*.wandb in {run}: {sorted(p.name for p in run.iterdir())}"
 
     # nested config (the resolved LightningCLI config) + provenance in wandb.config
     cfg = wandb_config(log_file)

@@ -106,6 +106,23 @@ def wandb_logger_specs(cfg) -> list:
             and lg.get("init_args") is not None]
 
 
+def absolute_wandb_dirs(loggers) -> None:
+    """Make each not-yet-started WandbLogger's folder absolute.
+
+    wandb-core is one long-lived service per process that resolves relative paths against *its*
+    working directory, the one of the first run. A second in-process run after a ``chdir`` (sweeps,
+    notebooks, tests) would otherwise write its ``run-*.wandb`` file into the first run's folder.
+    The YAML config keeps the relative path; only the live logger is changed.
+    """
+    for lg in loggers:
+        init = getattr(lg, "_wandb_init", None)
+        if type(lg).__name__ != WANDB_LOGGER or not isinstance(init, dict) or getattr(lg, "_experiment", None):
+            continue
+        if init.get("dir"):
+            init["dir"] = os.path.abspath(init["dir"])
+            lg._save_dir = init["dir"]
+
+
 def read_wandb_run_id(ckpt_path: str | os.PathLike) -> str | None:
     """The W&B run id stored in a Lightning checkpoint, or None."""
     import torch
@@ -196,6 +213,7 @@ class CoAttnLightningCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         if not PARSE_ONLY.get():
             super().after_instantiate_classes()
+            absolute_wandb_dirs(getattr(getattr(self, "trainer", None), "loggers", []))
 
     def _run_subcommand(self, subcommand: str) -> None:
         if not PARSE_ONLY.get():

@@ -118,3 +118,18 @@ def test_offline_run_folder_and_resume(tiny_clotho, tmp_path, monkeypatch):
     for path in (tmp_path / "runs").rglob("*"):
         if path.is_file():
             assert FAKE_KEY.encode() not in path.read_bytes(), path
+
+
+def test_live_wandb_logger_gets_an_absolute_folder(tmp_path, monkeypatch):
+    """wandb-core resolves relative folders against the first run's working directory: a second
+    in-process run after a chdir must hand it an absolute one (the suite's order caught this)."""
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from coattn.runs import absolute_wandb_dirs
+
+    monkeypatch.chdir(tmp_path)
+    lg = WandbLogger(save_dir="runs/demo", project="p", offline=True)
+    other = CSVLogger("runs/demo")
+    absolute_wandb_dirs([lg, other])
+    assert lg.save_dir == str(tmp_path / "runs/demo") and lg._wandb_init["dir"] == lg.save_dir
+    assert other.save_dir == "runs/demo"  # other loggers untouched

@@ -54,6 +54,9 @@ class CoAttnRetrieval(pl.LightningModule):
             loss collapses them to one vector (loss stuck at log B). Off for pretrained towers.
         lr: learning rate of everything but the encoders.
         encoder_lr: learning rate of the (unfrozen) encoders.
+        audio_encoder_lr: learning rate of the audio encoder when it should differ from the text
+            encoder's (None = ``encoder_lr``). From scratch, HTS-AT's random features are already
+            linearly separable and a text-sized rate wipes them out (README, "The demo").
         weight_decay: AdamW weight decay (not applied to biases, norms, temperatures).
         warmup_steps: linear warm-up steps, then cosine decay to 0 over the run.
         eval_tile_pairs: caption-clip pairs per cascade pass in evaluation (memory bound).
@@ -78,6 +81,7 @@ class CoAttnRetrieval(pl.LightningModule):
                  dual_pooling: Literal["mean", "encoder"] = "mean",
                  dual_projection: Literal["linear", "clap"] = "linear",
                  clap_checkpoint: str | None = None, lr: float = 1e-4, encoder_lr: float = 1e-5,
+                 audio_encoder_lr: float | None = None,
                  weight_decay: float = 0.01, warmup_steps: int = 100, eval_tile_pairs: int = 16384,
                  bootstrap: int = 1000, results_dir: str | None = None, feature_cache: str | None = None,
                  pair_negatives: Literal["local", "global"] = "local",
@@ -90,6 +94,7 @@ class CoAttnRetrieval(pl.LightningModule):
                                  learn_temperature, dual_pooling, dual_projection, clap_checkpoint,
                                  feature_norm)
         self.aux_weight, self.lr, self.encoder_lr = aux_weight, lr, encoder_lr
+        self.audio_encoder_lr = encoder_lr if audio_encoder_lr is None else audio_encoder_lr
         self.weight_decay, self.warmup_steps = weight_decay, warmup_steps
         self.eval_tile_pairs, self.bootstrap, self.results_dir = eval_tile_pairs, bootstrap, results_dir
         if retrieval_mode not in ("exact", "rerank") or rerank_k < 1:
@@ -267,6 +272,12 @@ class CoAttnRetrieval(pl.LightningModule):
         per_query = per_query_metrics(scores, caption_clip)  # ranks computed once, reused by the CIs
         metrics = aggregate(per_query)
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=False, batch_size=1)
+        if self.model.has_pairwise:  # the dual shortlist's own quality: what rerank starts from, free
+            with torch.no_grad():
+                dual = (self.model.dual_embed_text(text) @ self.model.dual_embed_audio(audio).t()).float()
+            dual_metrics = aggregate(per_query_metrics(dual, caption_clip))
+            self.log_dict({f"{stage}/dual_{k}": dual_metrics[k] for k in ("t2a_mAP@10", "a2t_mAP@10")},
+                          sync_dist=False, batch_size=1)
         # the last evaluation, for callbacks (retrieval examples) that run after this hook
         self.last_eval = {"stage": stage, "scores": scores.detach().float().cpu(), "captions": list(e["captions"]),
                           "fnames": list(e["fnames"]), "caption_clip": caption_clip.cpu(), "metrics": dict(metrics)}
@@ -317,16 +328,16 @@ class CoAttnRetrieval(pl.LightningModule):
     # ---- optimisation -----------------------------------------------------------------------
     @override
     def configure_optimizers(self):
-        enc = {id(p) for p in (*self.model.audio_encoder.parameters(), *self.model.text_encoder.parameters())}
-        groups: dict[tuple[bool, bool], list] = {}
+        lr_of = {id(p): self.encoder_lr for p in self.model.text_encoder.parameters()}
+        lr_of.update({id(p): self.audio_encoder_lr for p in self.model.audio_encoder.parameters()})
+        groups: dict[tuple[float, bool], list] = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             no_decay = p.ndim < 2 or "log_scale" in name  # biases, norms, temperatures
-            groups.setdefault((id(p) in enc, no_decay), []).append(p)
-        params = [{"params": ps, "lr": self.encoder_lr if is_enc else self.lr,
-                   "weight_decay": 0.0 if no_decay else self.weight_decay}
-                  for (is_enc, no_decay), ps in groups.items()]
+            groups.setdefault((lr_of.get(id(p), self.lr), no_decay), []).append(p)
+        params = [{"params": ps, "lr": lr, "weight_decay": 0.0 if no_decay else self.weight_decay}
+                  for (lr, no_decay), ps in groups.items()]
         opt = torch.optim.AdamW(params)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warm = min(self.warmup_steps, total // 2)

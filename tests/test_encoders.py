@@ -97,6 +97,35 @@ def test_mini_trains_and_frozen_has_no_grads(mini, wave):
     assert torch.equal(out.states, frozen(wave).states)  # eval: deterministic
 
 
+def test_from_scratch_training_mode_keeps_the_input_norm_and_spectrogram(wave):
+    """spec_augment=False, frozen_norm=True, drop_path_rate=0: the rest trains, bn0 keeps its
+    statistics, and (nothing random left) a training-mode forward equals the eval-mode one. The
+    modes hold from construction: Lightning keeps module modes instead of calling .train()."""
+    torch.manual_seed(0)
+    enc = ClapAudioEncoder("HTSAT-mini", spec_augment=False, frozen_norm=True, drop_path_rate=0.0)
+    for _ in range(2):  # as constructed, then after an explicit .train()
+        assert enc.training and enc.model.patch_embed.training
+        assert not enc.model.bn0.training and not enc.model.spec_augmenter.training
+        enc.train()
+    stats = enc.model.bn0.running_mean.clone(), enc.model.bn0.running_var.clone()
+    feats = enc(wave)
+    (feats.states.mean() + feats.pooled.mean()).backward()
+    assert enc.model.patch_embed.proj.weight.grad is not None and enc.model.bn0.weight.grad is not None
+    assert torch.equal(enc.model.bn0.running_mean, stats[0]) and torch.equal(enc.model.bn0.running_var, stats[1])
+    enc.eval()
+    with torch.no_grad():
+        assert torch.allclose(enc(wave).states, feats.states.detach(), atol=1e-5)
+    enc.train()
+    assert not enc.model.bn0.training
+
+    default = ClapAudioEncoder("HTSAT-mini")  # laion-clap's training: SpecAugment, batch norm, drop path
+    assert default.model.bn0.training and default.model.spec_augmenter.training
+    torch.manual_seed(1)
+    a = default(wave).states
+    torch.manual_seed(2)
+    assert not torch.allclose(a, default(wave).states)  # random stripes / dropped paths
+
+
 def test_clap_checkpoint_roundtrip(mini, tmp_path):
     path = write_official(tmp_path / "630k-audioset-best.pt", mini.model.state_dict())
     torch.manual_seed(1)

@@ -55,8 +55,9 @@ class CoAttnRetrieval(pl.LightningModule):
         lr: learning rate of everything but the encoders.
         encoder_lr: learning rate of the (unfrozen) encoders.
         audio_encoder_lr: learning rate of the audio encoder when it should differ from the text
-            encoder's (None = ``encoder_lr``). From scratch, HTS-AT's random features are already
-            linearly separable and a text-sized rate wipes them out (README, "The demo").
+            encoder's (None = ``encoder_lr``), e.g. a pretrained CLAP audio tower fine-tuned
+            gently under a text tower trained from scratch; 0 trains it in training mode without
+            moving its weights (a diagnostic used in README, "Training HTS-AT from scratch").
         weight_decay: AdamW weight decay (not applied to biases, norms, temperatures).
         warmup_steps: linear warm-up steps, then cosine decay to 0 over the run.
         eval_tile_pairs: caption-clip pairs per cascade pass in evaluation (memory bound).

@@ -236,17 +236,23 @@ class CoAttnRetrieval(pl.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch)
 
-    def score_all(self, audio: SequenceFeatures, text: SequenceFeatures) -> torch.Tensor:
+    def dual_scores(self, audio: SequenceFeatures, text: SequenceFeatures) -> torch.Tensor:
+        """(N captions, M clips) scores of the dual branch: one matrix product."""
+        return (self.model.dual_embed_text(text) @ self.model.dual_embed_audio(audio).t()).float()
+
+    def score_all(self, audio: SequenceFeatures, text: SequenceFeatures,
+                  dual: torch.Tensor | None = None) -> torch.Tensor:
         """(N captions, M clips) scores of the configured model: co-attention (``exact`` or
-        ``rerank``, see ``retrieval_mode``), or dual for ``none``. Sets ``self.retrieval_info``."""
+        ``rerank``, see ``retrieval_mode``), or dual for ``none``. ``dual``: the dual scores if
+        already computed. Sets ``self.retrieval_info``."""
         m = self.model
         n, n_clips = len(text), len(audio)
         if not m.has_pairwise:
             self.retrieval_info = {"retrieval_mode": "dual", "cascade_passes": 0}
-            return (m.dual_embed_text(text) @ m.dual_embed_audio(audio).t()).float()
+            return self.dual_scores(audio, text) if dual is None else dual
         if self.retrieval_mode == "rerank":
             from coattn.rerank import rerank_matrix
-            dual = m.dual_embed_text(text) @ m.dual_embed_audio(audio).t()
+            dual = self.dual_scores(audio, text) if dual is None else dual
             scores, info = rerank_matrix(m, m.prepare_text(text), m.prepare_audio(audio), dual, self.rerank_k,
                                          self.eval_tile_pairs)
             self.retrieval_info = info.as_dict()
@@ -269,13 +275,12 @@ class CoAttnRetrieval(pl.LightningModule):
         row_of[clip_index] = torch.arange(len(clip_index), device=clip_index.device)
         caption_clip = row_of[torch.cat(e["caption_clip"])]
         with torch.no_grad():
-            scores = self.score_all(audio, text)
+            dual = self.dual_scores(audio, text)  # one matrix product, shared with score_all
+            scores = self.score_all(audio, text, dual)
         per_query = per_query_metrics(scores, caption_clip)  # ranks computed once, reused by the CIs
         metrics = aggregate(per_query)
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=False, batch_size=1)
-        if self.model.has_pairwise:  # the dual shortlist's own quality: what rerank starts from, free
-            with torch.no_grad():
-                dual = (self.model.dual_embed_text(text) @ self.model.dual_embed_audio(audio).t()).float()
+        if self.model.has_pairwise:  # the dual shortlist's own quality: what rerank starts from
             dual_metrics = aggregate(per_query_metrics(dual, caption_clip))
             self.log_dict({f"{stage}/dual_{k}": dual_metrics[k] for k in ("t2a_mAP@10", "a2t_mAP@10")},
                           sync_dist=False, batch_size=1)

@@ -114,13 +114,11 @@ def absolute_wandb_dirs(loggers) -> None:
     notebooks, tests) would otherwise write its ``run-*.wandb`` file into the first run's folder.
     The YAML config keeps the relative path; only the live logger is changed.
     """
+    from lightning.pytorch.loggers import WandbLogger
+
     for lg in loggers:
-        init = getattr(lg, "_wandb_init", None)
-        if type(lg).__name__ != WANDB_LOGGER or not isinstance(init, dict) or getattr(lg, "_experiment", None):
-            continue
-        if init.get("dir"):
-            init["dir"] = os.path.abspath(init["dir"])
-            lg._save_dir = init["dir"]
+        if isinstance(lg, WandbLogger) and lg._experiment is None and lg._wandb_init.get("dir"):
+            lg._wandb_init["dir"] = lg._save_dir = os.path.abspath(lg._wandb_init["dir"])
 
 
 def read_wandb_run_id(ckpt_path: str | os.PathLike) -> str | None:

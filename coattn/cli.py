@@ -1,4 +1,4 @@
-"""Command-line entry point: ``coattn {fit,validate,test,predict}`` (LightningCLI) plus tools.
+"""The ``coattn`` command: LightningCLI subcommands and the tools, dispatched from one entry point.
 
     coattn fit  --config experiments/demo.yaml
     coattn test --config experiments/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
@@ -6,46 +6,25 @@
     coattn synth data/demo --seed 0                                 # built-in demo dataset
 
 Tools (synth, augment, data-check, prepare, search, sweep) are plain ``main(argv) -> int``
-functions imported lazily, so ``coattn synth`` does not pay for importing Lightning.
+functions under coattn/tools/, imported lazily, so ``coattn synth`` does not pay for importing
+Lightning. Errors meant for people (``coattn.errors.UserFacingError``) print one line
+``coattn: error: ...`` and exit 1; ``COATTN_DEBUG=1`` shows the traceback as well.
 """
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # name -> "module:function"; each takes the remaining argv and returns an exit code.
 TOOLS = {
-    "synth": "coattn.synth:main",
-    "augment": "coattn.augment:main",
-    "data-check": "coattn.data_check:main",
-    "prepare": "coattn.prepare:main",
-    "search": "coattn.search:main",
-    "sweep": "coattn.sweep:main",
+    "synth": "coattn.tools.synth:main",
+    "augment": "coattn.tools.augment:main",
+    "data-check": "coattn.tools.data_check:main",
+    "prepare": "coattn.tools.prepare:main",
+    "search": "coattn.tools.search:main",
+    "sweep": "coattn.tools.sweep:main",
 }
-
-
-def build_cli(args: list[str] | None, run: bool = True):
-    """The LightningCLI: model ``CoAttnRetrieval``; data any ``AudioCaptionDataModule`` subclass.
-
-    ``CoAttnLightningCLI`` (coattn/runs.py) continues the W&B run of a ``--ckpt_path`` checkpoint and
-    gives sweep runs their own output folders; ``WandbSaveConfigCallback`` (callbacks/) saves the
-    config as ``coattn_config.yaml`` and puts it, with the git SHA and package versions, into W&B.
-    """
-    from callbacks.wandb_config import WandbSaveConfigCallback
-    from coattn.module import CoAttnRetrieval
-    from coattn.safety import SafeLightningCLI  # CoAttnLightningCLI + checked ckpt_path, atomic checkpoints
-    from data_modules.base import AudioCaptionDataModule
-
-    return SafeLightningCLI(
-        CoAttnRetrieval,
-        AudioCaptionDataModule,
-        subclass_mode_data=True,
-        save_config_callback=WandbSaveConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-        parser_kwargs={"parser_mode": "yaml"},
-    )
 
 
 def main(args: list[str] | None = None) -> int:
@@ -56,14 +35,15 @@ def main(args: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip() + "\n\nLightningCLI subcommands: fit, validate, test, predict "
               "(see `coattn fit --help`).\nTools: " + ", ".join(TOOLS))
-        if not argv:
-            return 2
-        return 0
-    from coattn.safety import UserFacingError
+        return 2 if not argv else 0
+    from coattn.errors import UserFacingError
+    from coattn.train.cli import build_cli
 
     try:
         build_cli(None if args is None else argv)  # None: LightningCLI reads sys.argv (DDP relaunches)
     except UserFacingError as exc:  # bad checkpoint, NaN loss...: the message says it all
+        if os.environ.get("COATTN_DEBUG"):
+            raise
         print(f"coattn: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -28,6 +28,18 @@ Pooling turns XN, YN into one vector per modality: masked mean, or MCAN's attent
 
 Padding never changes a real position's output: every attention takes a key padding mask and
 every pooling a masked softmax/mean, which the tests check by appending padding.
+
+A score needs one cascade pass per (caption, clip) pair (Clotho's evaluation: 5,225 x 1,045 =
+5.46 M passes), so the cascade itself moves pair-independent work out of the pair loop. Pairs come
+in blocks of b caption rows x r clips (``pair_vectors``); for ``iterating``:
+
+    per caption  XN and its pooled vector (``prepare_text``, once); per block row, the guided keys/
+                 values K_n = XN Wk_n, V_n = XN Wv_n, shared by the row's r clips: one attention call
+                 per row, its r x T audio queries against its L keys (no per-pair copy of K/V)
+    per clip     layer 1's self-attention block LN(Y0 + MHA(Y0, Y0, Y0)) and its guided query
+                 (``clip_stage``, in eval mode: see ``hoists``)
+
+The other cascades mix both streams from layer 1 on and run every pair in full.
 """
 from __future__ import annotations
 
@@ -39,6 +51,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from coattn.features import PreparedAudio, PreparedText
 
 CascadeKind = Literal["none", "single", "stacking", "iterating"]
 
@@ -59,17 +73,33 @@ class MultiHeadAttention(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:  # (P, L, d) -> (P, h, L, d/h)
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor, ctx_mask: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._split(self.q(x)), self._split(self.k(ctx)), self._split(self.v(ctx))
-        # (P, 1, 1, Lk): broadcast over heads and queries. A row whose keys are all padding would
+    def keys(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of contexts (b, Lk, d): (b, h, Lk, d/h) each."""
+        return self._split(self.k(ctx)), self._split(self.v(ctx))
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor | None, ctx_mask: torch.Tensor,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None, q: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention of the queries ``x`` (P, Lq, d) to the contexts ``ctx`` (P, Lk, d), masked by ``ctx_mask``.
+
+        ``kv``: ``keys()`` of b = P / g contexts computed beforehand, each shared by g consecutive rows
+        of ``x`` (the g clips of one caption row: no per-pair copy of a caption's keys); ``ctx_mask``
+        is then (b, Lk). ``q``: ``self.q(x)`` computed beforehand (per clip, by the hoisted path).
+        """
+        P, Lq, d = x.shape
+        k, v = self.keys(ctx) if kv is None else kv
+        b = k.shape[0]
+        q = self.q(x) if q is None else q
+        q = self._split(q.reshape(b, (P // b) * Lq, d))  # (b, h, g*Lq, d/h): g pairs' queries share b's keys
+        # (b, 1, 1, Lk): broadcast over heads and queries. A row whose keys are all padding would
         # give NaN; the data never produces one (every caption/clip has >= 1 real position).
         attn_mask = ctx_mask[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+        y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
         if self.captured is not None:  # SDPA does not return its weights: recompute them (no dropout)
-            logits = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-            self.captured.append(logits.masked_fill(~attn_mask, float("-inf")).softmax(-1).detach())
-        return self.out(y.transpose(1, 2).flatten(2))
+            logits = (q @ k.to(q.dtype).transpose(-2, -1)) / math.sqrt(q.shape[-1])
+            w = logits.masked_fill(~attn_mask, float("-inf")).softmax(-1).detach()  # (b, h, g*Lq, Lk)
+            self.captured.append(w.unflatten(2, (P // b, Lq)).transpose(1, 2).flatten(0, 1))  # (P, h, Lq, Lk)
+        return self.out(y.transpose(1, 2).reshape(P, Lq, d))
 
 
 @contextmanager
@@ -91,14 +121,19 @@ def capture_attention(module: nn.Module, which: Literal["guided", "self", "all"]
         return which == "all" or guided == (which == "guided")
 
     targets = {name: m for name, m in module.named_modules() if isinstance(m, MultiHeadAttention) and wanted(name)}
+    cascades = [m for m in module.modules() if isinstance(m, CoAttentionCascade)]
     maps: dict[str, list[torch.Tensor]] = {}
     for name, m in targets.items():
         m.captured = maps.setdefault(name, [])
+    for c in cascades:  # per-pair maps: no per-clip hoisting while recording (CoAttentionCascade.hoists)
+        c.capturing += 1
     try:
         yield maps
     finally:
         for m in targets.values():
             m.captured = None
+        for c in cascades:
+            c.capturing -= 1
 
 
 class FeedForward(nn.Sequential):
@@ -123,7 +158,11 @@ class SA(nn.Module):
 
 
 class SGA(nn.Module):
-    """Self-guided-attention unit: self-attention, then attention to the other modality, then FFN."""
+    """Self-guided-attention unit: self-attention, then attention to the other modality, then FFN.
+
+    ``attend_self`` and ``attend_guide`` are its two halves: the hoisted ``iterating`` path runs the
+    first once per clip (it reads only the clip) and the second once per pair.
+    """
 
     def __init__(self, width: int, heads: int, ffn_dim: int, dropout: float):
         super().__init__()
@@ -133,11 +172,17 @@ class SGA(nn.Module):
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(width) for _ in range(3))
         self.drop = nn.Dropout(dropout)
 
+    def attend_self(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.norm1(x + self.drop(self.self_attn(x, x, mask)))
+
+    def attend_guide(self, x: torch.Tensor, guide: torch.Tensor | None, guide_mask: torch.Tensor,
+                     kv: tuple[torch.Tensor, torch.Tensor] | None = None, q: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.norm2(x + self.drop(self.guided_attn(x, guide, guide_mask, kv=kv, q=q)))
+        return self.norm3(x + self.drop(self.ffn(x)))
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor, guide: torch.Tensor,
                 guide_mask: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + self.drop(self.self_attn(x, x, mask)))
-        x = self.norm2(x + self.drop(self.guided_attn(x, guide, guide_mask)))
-        return self.norm3(x + self.drop(self.ffn(x)))
+        return self.attend_guide(self.attend_self(x, mask), guide, guide_mask)
 
 
 class AttentionPool(nn.Module):
@@ -167,19 +212,17 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class PreparedText:
-    """Per-caption work done once (not per pair): the input to every cascade's text stream.
+class ClipStage:
+    """The clips of one scoring tile, ready for their pairs: frames (u, T, d) and mask (u, T).
 
-    For ``iterating`` the whole text stream is pair-independent, so ``states`` is already XN and
-    ``pooled`` its pooled vector; for the other cascades ``pooled`` is None.
+    When the cascade hoists (``CoAttentionCascade.hoists``) layer 1's self-attention block and its
+    guided query, which read only the clip, are already applied: ``states`` is that block's output
+    and ``query`` its guided-attention query projection (u, T, d); otherwise ``query`` is None.
     """
 
-    states: torch.Tensor  # (N, L, d)
-    mask: torch.Tensor  # (N, L)
-    pooled: torch.Tensor | None = None  # (N, d)
-
-    def __len__(self) -> int:
-        return self.states.shape[0]
+    states: torch.Tensor
+    mask: torch.Tensor
+    query: torch.Tensor | None = None
 
 
 class CoAttentionCascade(nn.Module):
@@ -208,6 +251,7 @@ class CoAttentionCascade(nn.Module):
             raise ValueError("share_weights applies to the iterating cascade only")
         self.kind, self.width = kind, width
         self.depth = 1 if kind == "single" else depth
+        self.capturing = 0  # > 0 inside capture_attention: no hoisting (per-pair maps)
         if kind == "none":
             return
         args = (width, heads, ffn_dim, dropout)
@@ -223,6 +267,15 @@ class CoAttentionCascade(nn.Module):
     def _layer(self, layers: nn.ModuleList, n: int) -> nn.Module:
         return layers[n % len(layers)]  # shared weights: one layer reused N times
 
+    def hoists(self) -> bool:
+        """Whether layer 1's self-attention block and guided query run once per clip, not per pair.
+
+        They read only the clip, so for ``iterating`` in eval mode they are pair-independent; in
+        training dropout draws per pair, and under ``capture_attention`` every map must be per pair.
+        """
+        return self.kind == "iterating" and not self.training and not self.capturing
+
+    # ---- per caption, per clip: done once, not once per pair ------------------------------------
     def prepare_text(self, states: torch.Tensor, mask: torch.Tensor) -> PreparedText:
         """Work that depends on the caption only; done once per caption, not once per pair."""
         if self.kind != "iterating":
@@ -231,26 +284,60 @@ class CoAttentionCascade(nn.Module):
             states = self._layer(self.text_layers, n)(states, mask)
         return PreparedText(states, mask, self.text_pool(states, mask))
 
-    def forward(self, text: PreparedText, ti: torch.Tensor, audio: torch.Tensor,
-                audio_mask: torch.Tensor, aj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the cascade on the P pairs (caption ``ti[p]``, clip ``aj[p]``).
+    def clip_stage(self, audio: PreparedAudio, clips: torch.Tensor) -> ClipStage:
+        """The clips ``clips`` of ``audio`` ready for their pairs (hoisted work applied, see ``hoists``)."""
+        y, my = audio.states[clips], audio.mask[clips]
+        if not self.hoists():
+            return ClipStage(y, my)
+        first = self.audio_layers[0]
+        y = first.attend_self(y, my)
+        return ClipStage(y, my, first.guided_attn.q(y))
 
-        Returns the pooled text and audio vectors of each pair, (P, d) each. Indexing inside
-        keeps callers free to score a full grid (training, exact evaluation) or any pair list
-        (re-ranking a shortlist) with the same code.
+    # ---- per pair -------------------------------------------------------------------------------
+    def pair_vectors(self, text: PreparedText, rows: torch.Tensor, stage: ClipStage,
+                     inv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled vectors of the b x r pairs (caption ``rows[i]``, clip ``inv[i, c]`` of ``stage``).
+
+        Returns (text, audio): audio (b, r, d); text (b, r, d), or (b, d) for ``iterating``, whose
+        text vector does not depend on the clip. Any pair set is a block: a grid (training, exact
+        evaluation: inv = arange(M) on every row), shortlists (re-ranking), single pairs (r = 1).
         """
         if self.kind == "none":
             raise RuntimeError("cascade kind 'none' has no pairwise stage; score with the dual branch")
-        y, my = audio[aj], audio_mask[aj]
-        xN, mx = text.states[ti], text.mask[ti]
+        b, r = inv.shape
+        flat = inv.reshape(-1)
+        y, my = stage.states[flat], stage.mask[flat]  # (b r, T, d): row i's r clips are consecutive
         if self.kind == "iterating":
-            for n in range(self.depth):
-                y = self._layer(self.audio_layers, n)(y, my, xN, mx)
-            return text.pooled[ti], self.audio_pool(y, my)
-        x = xN
+            xn, mx = text.states[rows], text.mask[rows]
+            # each caption row's keys/values, computed once and shared by its r clips (no copy per pair)
+            kv = [layer.guided_attn.keys(xn) for layer in self.audio_layers]
+            q = None if stage.query is None else stage.query[flat]
+            y = self._audio_stream(y, my, kv, mx, first_query=q)
+            return text.pooled[rows], self.audio_pool(y, my).view(b, r, -1)
+        ti = rows.repeat_interleave(r)
+        x, mx = text.states[ti], text.mask[ti]
         for n in range(self.depth):  # single / stacking: both streams read the previous layer
             x, y = (self.text_layers[n](x, mx, y, my), self.audio_layers[n](y, my, x, mx))
-        return self.text_pool(x, mx), self.audio_pool(y, my)
+        return self.text_pool(x, mx).view(b, r, -1), self.audio_pool(y, my).view(b, r, -1)
+
+    def _audio_stream(self, y: torch.Tensor, my: torch.Tensor, kv: list, guide_mask: torch.Tensor,
+                      first_query: torch.Tensor | None) -> torch.Tensor:
+        """The iterating audio layers, Yn = SGA'_n(Yn-1, XN), with XN's keys/values ``kv`` per
+        distinct layer. ``first_query`` given: layer 1's self-attention block already ran per clip."""
+        for n in range(self.depth):
+            layer = self._layer(self.audio_layers, n)
+            hoisted = n == 0 and first_query is not None
+            if not hoisted:
+                y = layer.attend_self(y, my)
+            y = layer.attend_guide(y, None, guide_mask, kv=kv[n % len(kv)], q=first_query if hoisted else None)
+        return y
+
+    def forward(self, text: PreparedText, ti: torch.Tensor, audio: PreparedAudio,
+                aj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled text and audio vectors of the P pairs (caption ``ti[p]``, clip ``aj[p]``): (P, d) each."""
+        uniq, inv = torch.unique(aj, return_inverse=True)
+        t, a = self.pair_vectors(text, ti, self.clip_stage(audio, uniq), inv[:, None])
+        return (t if t.dim() == 2 else t[:, 0]), a[:, 0]
 
     def flops_per_pair(self, text_len: int, audio_len: int) -> int:
         """Multiply-accumulates x 2 of one naive per-pair pass: attention, projections, FFNs and

@@ -1,21 +1,10 @@
-"""Several processes (DDP): gradient-carrying gathers, NT-Xent with global negatives, and the
-evaluation gather that makes W processes report exactly the metrics of one.
+"""Several processes (DDP): gradient-carrying gathers (for the loss with global negatives,
+``coattn.loss.global_nt_xent``) and the evaluation gather that makes W processes report exactly
+the metrics of one.
 
-Training (open_clip's ``ClipLoss(local_loss=True, gather_with_grad=True)``): rank r holds B_r
-(caption, clip) items with dual embeddings t_r, a_r. Every rank gathers all G = sum_r B_r of
-them, *with* gradients (``torch.distributed.nn.functional.all_gather``: its backward sums the
-gradients that every rank computed for a copy back onto the copy's owner), and scores only its
-own rows:
-
-    t2a: local captions x all G clips      targets = offset_r + arange(B_r)
-    a2t: local clips    x all G captions   same targets
-    loss_r = (W / G) * 1/2 * (sum_i CE_t2a(i) + sum_j CE_a2t(j))     (= the mean when B_r = G / W)
-
-DDP averages gradients over the W ranks, so the update is the gradient of
-1/(2G) * sum over all G items = the single-process loss of the combined batch, exactly (the test
-``tests/test_ddp.py`` checks it); the W / G scaling keeps that true when ranks drop unreadable
-clips and hold different B_r. Same-clip masking uses the gathered clip ids, so two captions of
-one clip on different ranks are never each other's negatives.
+``gather_with_grad`` concatenates every rank's tensor with ``torch.distributed.nn.functional.
+all_gather``, whose backward sums the gradients every rank computed for a copy back onto the
+copy's owner; ranks may hold different sizes (padded for the collective, then trimmed).
 
 Evaluation: Lightning shards eval loaders with a ``DistributedSampler`` that pads the last round
 with repeats of the first items. ``gather_eval`` gathers every rank's features, keeps each clip
@@ -29,8 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from coattn.features import SequenceFeatures
-from coattn.loss import nt_xent, same_clip_mask
+from coattn.features import PreparedAudio, SequenceFeatures
 
 
 def rank_world() -> tuple[int, int]:
@@ -83,38 +71,13 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return out.bool() if x.dtype == torch.bool else out
 
 
-def global_nt_xent(text: torch.Tensor, audio: torch.Tensor, scale: torch.Tensor, caption_clip: torch.Tensor,
-                   clip_ids: torch.Tensor) -> torch.Tensor:
-    """Symmetric NT-Xent of the dual branch with the negatives of every rank (module docstring).
-
-    Args:
-        text, audio: (B_r, E) L2-normalised embeddings of this rank's items (item b = caption b, clip b).
-        scale: 1 / tau. caption_clip, clip_ids: (B_r,) clip id of each caption / clip.
-    One process: exactly ``nt_xent(text @ audio.T * scale, caption_clip, clip_ids)``.
-    """
-    rank, world = rank_world()
-    if world == 1:
-        return nt_xent((text @ audio.t()) * scale, caption_clip, clip_ids)
-    all_audio, sizes = gather_with_grad(audio)
-    all_text, _ = gather_with_grad(text)
-    all_clip, all_caption_clip = gather_no_grad(clip_ids), gather_no_grad(caption_clip)
-    total = sum(sizes)
-    targets = sum(sizes[:rank]) + torch.arange(text.shape[0], device=text.device)
-    t2a = ((text @ all_audio.t()) * scale).float()
-    a2t = ((audio @ all_text.t()) * scale).float()
-    t2a = t2a.masked_fill(same_clip_mask(caption_clip, all_clip, targets), float("-inf"))
-    a2t = a2t.masked_fill(same_clip_mask(clip_ids, all_caption_clip, targets), float("-inf"))
-    ce = F.cross_entropy(t2a, targets, reduction="sum") + F.cross_entropy(a2t, targets, reduction="sum")
-    return 0.5 * ce * (world / total)
-
-
-def gather_pair_audio(states: torch.Tensor, mask: torch.Tensor, clip_ids: torch.Tensor):
-    """Every rank's prepared audio for ``pair_negatives: global``: (states, mask), clip ids and
-    this rank's target columns. States carry gradients back to their rank."""
+def gather_pair_audio(audio: PreparedAudio, clip_ids: torch.Tensor) -> tuple[PreparedAudio, torch.Tensor, torch.Tensor]:
+    """Every rank's prepared audio for ``pair_negatives: global``: the audio, its clip ids and this
+    rank's target columns. States carry gradients back to their rank."""
     rank, _ = rank_world()
-    all_states, sizes = gather_with_grad(states)
-    targets = sum(sizes[:rank]) + torch.arange(states.shape[0], device=states.device)
-    return (all_states, gather_no_grad(mask)), gather_no_grad(clip_ids), targets
+    all_states, sizes = gather_with_grad(audio.states)
+    targets = sum(sizes[:rank]) + torch.arange(audio.states.shape[0], device=audio.states.device)
+    return PreparedAudio(all_states, gather_no_grad(audio.mask)), gather_no_grad(clip_ids), targets
 
 
 def global_batch_size(n: int, device: torch.device | str) -> int:

@@ -1,11 +1,17 @@
 """Containers passed between the encoders, the co-attention cascade and the scoring engine.
 
+    SequenceFeatures  what an encoder returns: frames or tokens (B, T, D), mask, pooled (B, D)
+    PreparedText      the cascade's per-caption input (and, for ``iterating``, its whole text stream)
+    PreparedAudio     the cascade's per-clip input
+    (the data loaders' batch is ``coattn.batch.Batch``)
+
 Masks are boolean with ``True`` on real (non-padded) positions, the convention of Hugging Face
 attention masks; attention code converts them to ``key_padding_mask`` (True = ignore) itself.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -42,3 +48,33 @@ class SequenceFeatures:
             states.append(torch.nn.functional.pad(p.states, (0, 0, 0, pad)))
             masks.append(torch.nn.functional.pad(p.mask, (0, pad), value=False))
         return SequenceFeatures(torch.cat(states), torch.cat(masks), torch.cat([p.pooled for p in parts]))
+
+
+@dataclass
+class PreparedText:
+    """Per-caption work of the pair score, done once per caption (not once per pair).
+
+    states, mask: the cascade's text input at width d (N, L, d), (N, L). For ``iterating`` the text
+    stream never sees the audio, so ``states`` is already its final XN, ``pooled`` its pooled vector
+    (N, d), and ``embedding`` that vector projected into the joint space by the model (N, E): a
+    pair then costs only the audio stream. For the other cascades ``pooled``/``embedding`` are None.
+    """
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor | None = None
+    embedding: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.states.shape[0]
+
+
+class PreparedAudio(NamedTuple):
+    """Per-clip input of the pair score: the audio frames at the cascade's width d, (M, T, d), and
+    their mask (M, T). A NamedTuple, so ``states, mask = prepared`` works where a pair was used."""
+
+    states: torch.Tensor
+    mask: torch.Tensor
+
+    def __len__(self) -> int:  # clips, not the tuple's two fields
+        return self.states.shape[0]

@@ -1,4 +1,5 @@
-"""Symmetric NT-Xent (InfoNCE) over a caption x clip logit matrix, and its temperature.
+"""The training objective: symmetric NT-Xent (InfoNCE), its temperature, its DDP form, and the
+combined loss of the pair and dual branches (``RetrievalLoss``).
 
 For logits z (N captions x M clips, z_ij = s_ij / tau) and positives pos_ij (caption i describes
 clip j), with same-clip off-target pairs excluded from the negatives:
@@ -16,10 +17,15 @@ matter at tau = 0.07.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from coattn.distributed import gather_no_grad, gather_pair_audio, gather_with_grad, rank_world
+from coattn.features import SequenceFeatures
 
 
 class Temperature(nn.Module):
@@ -78,3 +84,85 @@ def nt_xent(logits: torch.Tensor, row_clip: torch.Tensor, col_clip: torch.Tensor
     cols = masked[:, targets].t()  # (N, N): row k = column targets[k] against every caption
     loss_a2t = F.cross_entropy(cols, torch.arange(n, device=logits.device))
     return 0.5 * (loss_t2a + loss_a2t)
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+def global_nt_xent(text: torch.Tensor, audio: torch.Tensor, scale: torch.Tensor, caption_clip: torch.Tensor,
+                   clip_ids: torch.Tensor) -> torch.Tensor:
+    """Symmetric NT-Xent of dual embeddings with the negatives of every rank (open_clip's
+    ``ClipLoss(local_loss=True, gather_with_grad=True)``).
+
+    Rank r holds B_r (caption, clip) items; it gathers all G = sum_r B_r embeddings *with*
+    gradients (``coattn.distributed.gather_with_grad``: the backward sums every rank's gradient for
+    a copy onto its owner) and scores only its own rows:
+
+        t2a: local captions x all G clips      targets = offset_r + arange(B_r)
+        a2t: local clips    x all G captions   same targets
+        loss_r = (W / G) * 1/2 * (sum_i CE_t2a(i) + sum_j CE_a2t(j))     (= the mean when B_r = G / W)
+
+    DDP averages gradients over the W ranks, so the update is the gradient of the single-process
+    loss of the combined batch, exactly (tests/test_ddp.py); the W / G scaling keeps that true when
+    ranks drop unreadable clips and hold different B_r. Same-clip masking uses the gathered clip
+    ids. One process: exactly ``nt_xent(text @ audio.T * scale, caption_clip, clip_ids)``.
+
+    Args:
+        text, audio: (B_r, E) L2-normalised embeddings of this rank's items (item b = caption b, clip b).
+        scale: 1 / tau. caption_clip, clip_ids: (B_r,) clip id of each caption / clip.
+    """
+    rank, world = rank_world()
+    if world == 1:
+        return nt_xent((text @ audio.t()) * scale, caption_clip, clip_ids)
+    all_audio, sizes = gather_with_grad(audio)
+    all_text, _ = gather_with_grad(text)
+    all_clip, all_caption_clip = gather_no_grad(clip_ids), gather_no_grad(caption_clip)
+    total = sum(sizes)
+    targets = sum(sizes[:rank]) + torch.arange(text.shape[0], device=text.device)
+    t2a = ((text @ all_audio.t()) * scale).float()
+    a2t = ((audio @ all_text.t()) * scale).float()
+    t2a = t2a.masked_fill(same_clip_mask(caption_clip, all_clip, targets), float("-inf"))
+    a2t = a2t.masked_fill(same_clip_mask(clip_ids, all_caption_clip, targets), float("-inf"))
+    ce = F.cross_entropy(t2a, targets, reduction="sum") + F.cross_entropy(a2t, targets, reduction="sum")
+    return 0.5 * ce * (world / total)
+
+
+# ---------------------------------------------------------------------------------------------- the objective
+@dataclass
+class RetrievalLoss:
+    """The training objective of a batch whose item b is (caption b, clip b).
+
+        loss = L(s_pair) + aux_weight * L(s_dual)        (cascade ``none``: loss = L(s_dual))
+
+    L is the symmetric NT-Xent above. The dual term always uses every rank's negatives
+    (``global_nt_xent``); the pair term scores every caption of this rank against this rank's clips
+    (``pair_negatives: local``, B x B cascade passes) or against every rank's clips (``global``,
+    B x G passes: more negatives at W times the cost).
+
+    Args:
+        aux_weight: weight of the dual-encoder term (ignored for cascade ``none``, whose only loss it
+            is). It trains the shortlist that two-stage retrieval re-ranks.
+        pair_negatives: ``local`` or ``global`` negatives of the pair term under DDP (see above).
+    """
+
+    aux_weight: float = 0.5
+    pair_negatives: Literal["local", "global"] = "local"
+
+    def __post_init__(self) -> None:
+        if self.pair_negatives not in ("local", "global"):
+            raise ValueError(f"pair_negatives must be 'local' or 'global', got {self.pair_negatives!r}")
+
+    def __call__(self, model, audio: SequenceFeatures, text: SequenceFeatures, caption_clip: torch.Tensor,
+                 clip_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms (``loss``, ``dual_loss``, ``pair_loss``) of encoded items, for a ``CoAttnModel``."""
+        out = {"dual_loss": global_nt_xent(model.dual_embed_text(text), model.dual_embed_audio(audio),
+                                           model.dual_temperature.scale, caption_clip, clip_ids)}
+        if not model.has_pairwise:
+            out["loss"] = out["dual_loss"]
+            return out
+        prepared = model.prepare_audio(audio)
+        col_clip, targets = clip_ids, None
+        if self.pair_negatives == "global" and rank_world()[1] > 1:
+            prepared, col_clip, targets = gather_pair_audio(prepared, clip_ids)
+        sims = model.score_grid(model.prepare_text(text), prepared)  # (B, B) or (B, G): every pair
+        out["pair_loss"] = nt_xent(sims * model.pair_temperature.scale, caption_clip, col_clip, targets)
+        out["loss"] = out["pair_loss"] + self.aux_weight * out["dual_loss"]
+        return out

@@ -145,7 +145,8 @@ def audio_to_text_ranks(scores: Tensor, caption_clip: Tensor) -> Tensor:
 
 
 def topk(scores: Tensor, k: int = 10, dim: int = 1) -> Tensor:
-    """Indices of the k best items per row (dim=1: clips per caption) in rank order.
+    """Indices of the k best items per row (dim=1: clips per caption) in rank order, on the
+    scores' device. Every top-k of coattn (shortlists, search, submission files, examples) is this.
 
     Uses the same tie rule as the ranks (stable descending sort), so
     `topk(scores)[i].tolist().index(caption_clip[i]) + 1 == text_to_audio_ranks(...)[i]`.
@@ -153,7 +154,7 @@ def topk(scores: Tensor, k: int = 10, dim: int = 1) -> Tensor:
     if torch.isnan(scores).any():
         raise ValueError("scores contain NaN; ranks would be undefined")
     order = torch.sort(scores, dim=dim, descending=True, stable=True).indices
-    return order.narrow(dim, 0, min(k, scores.shape[dim])).cpu()
+    return order.narrow(dim, 0, min(k, scores.shape[dim]))
 
 
 # ---------------------------------------------------------------------------- per-query metrics

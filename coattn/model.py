@@ -11,19 +11,23 @@ auxiliary loss and gives the shortlist of two-stage retrieval. With ``dual_pooli
 ``dual_projection: clap`` and a LAION-CLAP checkpoint for both towers and the projections, the
 dual branch *is* CLAP's zero-shot retrieval model.
 
-No Lightning here: the LightningModule orchestrates, this module computes.
+No Lightning here: the LightningModule orchestrates, this module computes. ``from_checkpoint``
+reads a ``coattn fit`` checkpoint (weights only) without Lightning, for notebooks and tools.
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
-from typing import Literal
+import os
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coattn.coattention import CoAttentionCascade, PreparedText, masked_mean
-from coattn.features import SequenceFeatures
+from coattn.coattention import ClipStage, CoAttentionCascade, masked_mean
+from coattn.features import PreparedAudio, PreparedText, SequenceFeatures
 from coattn.loss import Temperature
 
 log = logging.getLogger(__name__)
@@ -126,28 +130,94 @@ class CoAttnModel(nn.Module):
         pooled = feats.pooled if self.dual_pooling == "encoder" else masked_mean(feats.states, feats.mask)
         return self.dual_text(pooled)
 
+    def dual_scores(self, audio: SequenceFeatures, text: SequenceFeatures) -> torch.Tensor:
+        """(N captions, M clips) cosine scores of the dual branch: one matrix product, float32."""
+        return (self.dual_embed_text(text) @ self.dual_embed_audio(audio).t()).float()
+
     def prepare_text(self, feats: SequenceFeatures) -> PreparedText:
-        """Per-caption part of the pair score (for ``iterating``: the whole text stream)."""
+        """Per-caption part of the pair score (for ``iterating``: the whole text stream, projected once)."""
         prep = self.cascade.prepare_text(self.text_in(feats.states, feats.mask), feats.mask)
-        if prep.pooled is not None:  # text vector is pair-independent: project it once
-            prep.pooled = self.pair_text(prep.pooled)
+        if prep.pooled is not None:  # the text vector is pair-independent: project it once per caption
+            prep.embedding = self.pair_text(prep.pooled)
         return prep
 
-    def prepare_audio(self, feats: SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.audio_in(feats.states, feats.mask), feats.mask
+    def prepare_audio(self, feats: SequenceFeatures) -> PreparedAudio:
+        return PreparedAudio(self.audio_in(feats.states, feats.mask), feats.mask)
 
     # ---- pair scores ------------------------------------------------------------------------
-    def score_pairs(self, text: PreparedText, ti: torch.Tensor, audio: tuple[torch.Tensor, torch.Tensor],
-                    aj: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of the P pairs (caption ti[p], clip aj[p]) after co-attention: (P,)."""
-        t, a = self.cascade(text, ti, audio[0], audio[1], aj)
-        if text.pooled is None:
-            t = self.pair_text(t)
-        return (t * self.pair_audio(a)).sum(-1)
+    def score_block(self, text: PreparedText, rows: torch.Tensor, stage: ClipStage, inv: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of caption ``rows[i]`` with clip ``inv[i, c]`` of ``stage``: (b, r).
 
-    def score_grid(self, text: PreparedText, audio: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        The unit of work of training (a B x B grid) and of the tiled scoring engine
+        (``coattn.retrieval``); ``stage`` = ``self.cascade.clip_stage(audio, clips)``.
+        """
+        t, a = self.cascade.pair_vectors(text, rows, stage, inv)
+        a = self.pair_audio(a)  # (b, r, E)
+        if t.dim() == 2:  # iterating: one text vector per caption row
+            t = (self.pair_text(t) if text.embedding is None else text.embedding[rows])[:, None, :]
+        else:
+            t = self.pair_text(t)
+        return (t.to(a.dtype) * a).sum(-1)
+
+    def score_pairs(self, text: PreparedText, ti: torch.Tensor, audio: PreparedAudio, aj: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of the P pairs (caption ti[p], clip aj[p]) after co-attention: (P,)."""
+        uniq, inv = torch.unique(aj, return_inverse=True)
+        return self.score_block(text, ti, self.cascade.clip_stage(audio, uniq), inv[:, None])[:, 0]
+
+    def score_grid(self, text: PreparedText, audio: PreparedAudio) -> torch.Tensor:
         """All N x M pairs at once: (N, M). The training path (B x B); evaluation tiles it."""
-        n, m = len(text), audio[0].shape[0]
-        ti = torch.arange(n, device=audio[0].device).repeat_interleave(m)
-        aj = torch.arange(m, device=audio[0].device).repeat(n)
-        return self.score_pairs(text, ti, audio, aj).view(n, m)
+        n, m = len(text), len(audio)
+        clips = torch.arange(m, device=audio.states.device)
+        rows = torch.arange(n, device=audio.states.device)
+        return self.score_block(text, rows, self.cascade.clip_stage(audio, clips), clips.expand(n, m))
+
+    # ---- a coattn checkpoint, without Lightning ---------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "CoAttnModel":
+        """The model of a ``coattn fit`` checkpoint (weights only), in eval mode.
+
+        The architecture comes from the checkpoint's hyper-parameters (its ``model`` section:
+        this class's arguments, encoders and cascade as ``class_path`` + ``init_args``), the weights
+        from ``state_dict`` (``model.*``), a per-run tokenizer from ``tokenizer_state``.
+        """
+        from coattn.errors import CheckpointError
+        from coattn.io import load_checkpoint
+
+        ckpt = load_checkpoint(path, map_location=map_location)
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+            raise CheckpointError(f"{str(path)!r} is not a checkpoint of `coattn fit` (no 'state_dict')")
+        hparams = ckpt.get("hyper_parameters") or {}
+        names = [p for p in inspect.signature(cls).parameters if p != "self"]
+        missing = [n for n in ("audio_encoder", "text_encoder", "cascade") if n not in hparams]
+        if missing:
+            raise CheckpointError(f"{str(path)!r} stores no model configuration ({missing} missing from its "
+                                  "hyper-parameters): load it with the config it was trained with (`coattn test --config`)")
+        try:
+            kwargs = {n: build_component(hparams[n], _COMPONENT_BASES.get(n)) for n in names if n in hparams}
+            model = cls(**kwargs)
+        except (TypeError, ValueError, ImportError, AttributeError) as exc:
+            raise CheckpointError(f"cannot build the model stored in {str(path)!r}: {exc}") from None
+        if ckpt.get("tokenizer_state") is not None:
+            model.text_encoder.load_tokenizer_state(ckpt["tokenizer_state"])
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(f"{str(path)!r}: weights do not fit the stored configuration (missing "
+                                  f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+        return model.to(map_location).eval()
+
+
+_COMPONENT_BASES = {"audio_encoder": nn.Module, "text_encoder": nn.Module, "cascade": CoAttentionCascade}
+
+
+def build_component(spec: Any, base: type | None = None) -> Any:
+    """A value of a stored configuration: ``{"class_path", "init_args"}`` is built (it must name a
+    subclass of ``base``: a checkpoint must not make coattn call arbitrary code), anything else is
+    returned as it is."""
+    if not (isinstance(spec, dict) and "class_path" in spec):
+        return spec
+    module_name, _, name = str(spec["class_path"]).rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    if base is None or not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"class_path {spec['class_path']!r} is not a {getattr(base, '__name__', 'known component')}")
+    return cls(**{k: build_component(v) for k, v in (spec.get("init_args") or {}).items()})

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,10 +26,22 @@ import torch
 from torch import Tensor
 
 from coattn import metrics as M
-
-from coattn.atomic import atomic_write
+from coattn.io import atomic_write
 
 SUBMISSION_K = 10
+
+
+@dataclass
+class EvaluationResult:
+    """A scored split, as the last validation or test left it (``CoAttnRetrieval.last_evaluation``):
+    what the callbacks (retrieval examples, ...) read instead of scoring again."""
+
+    stage: str
+    scores: Tensor  # (N captions, M clips) float32, on the CPU
+    captions: list[str]
+    fnames: list[str]
+    caption_clip: Tensor  # (N,) row of each caption's clip
+    metrics: dict[str, float]
 
 
 def _jsonable(x: Any) -> Any:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from coattn.encoders.audio import AUDIO_CONFIGS, ClapAudioEncoder
-from coattn.encoders.clap_checkpoint import CheckpointError, load_clap_state_dict
+from coattn.encoders.clap_checkpoint import load_clap_state_dict
+from coattn.errors import CheckpointError
 from coattn.encoders.text import HFTextEncoder, TextEncoder, TinyTextEncoder
 
 __all__ = [

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from coattn.encoders.clap_checkpoint import (
-    file_identity, load_branch, load_clap_state_dict, reject_fusion, select_prefix, weights_digest,
-)
+from coattn.encoders.clap_checkpoint import load_branch, load_clap_state_dict, reject_fusion, select_prefix
 from coattn.encoders.htsat import clap_model_config, import_htsat
 from coattn.features import SequenceFeatures
+from coattn.io import file_identity, weights_digest
 
 log = logging.getLogger(__name__)
 

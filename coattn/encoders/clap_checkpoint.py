@@ -1,23 +1,21 @@
 """Read LAION-CLAP checkpoints safely and load one branch of them into a module, loudly.
 
-Why a module of its own: the audio (``audio_branch.*``) and text (``text_branch.*``) encoders both
-load from the same official file, and both must fail at start-up, naming the file, when it is
-missing, unsafe or does not fit, instead of training on silently random weights.
+Why a module of its own: the audio (``audio_branch.*``) and text (``text_branch.*``) encoders and the
+dual heads all load from the same official file, and all must fail at start-up, naming the file,
+when it is missing, unsafe or does not fit, instead of training on silently random weights. Reading
+the file is ``coattn.io.load_checkpoint`` (weights only), as for every checkpoint.
 """
 from __future__ import annotations
 
-import collections
-import hashlib
 import logging
 import os
-import pickle
-import re
-import types
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from coattn.errors import CheckpointError
+from coattn.io import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -32,97 +30,17 @@ BENIGN_UNEXPECTED = ("embeddings.position_ids", "embeddings.token_type_ids")
 FUSION_MARKERS = ("fusion_model", "mel_conv1d", "mel_conv2d")
 
 
-class CheckpointError(ValueError):
-    """A pretrained checkpoint that exists but cannot be used (unsafe, fusion, wrong keys or shapes)."""
-
-
-def file_identity(path: str | os.PathLike) -> str:
-    """``path|mtime|size`` of a file: a cheap cache key that changes when the file is replaced."""
-    p = Path(path).expanduser().resolve()
-    st = p.stat()
-    return f"{p}|mtime={st.st_mtime_ns}|size={st.st_size}"
-
-
-def _restricted_pickle() -> types.ModuleType:
-    """A ``pickle_module`` for torch.load whose Unpickler resolves only allowlisted globals.
-
-    Same guarantee as ``weights_only=True`` (the only way pickle runs code is through ``find_class``,
-    and it returns nothing but torch's own weights-only allowlist and numpy scalar/array
-    constructors), but built on Python's full unpickler, so every pickle protocol works.
-    """
-    import numpy as np
-
-    allowed: dict[str, object] = {}
-    try:
-        from torch._weights_only_unpickler import _get_allowed_globals  # torch's weights_only allowlist
-
-        allowed.update(_get_allowed_globals())
-    except ImportError:  # private API moved: fall back to what a plain state dict needs
-        allowed.update({"collections.OrderedDict": collections.OrderedDict, "torch.Size": torch.Size,
-                        "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
-                        "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter})
-    multiarray = np.core.multiarray  # pickles name it numpy.core.* (numpy 1.x) or numpy._core.* (2.x)
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[f"{mod}.scalar"] = multiarray.scalar
-        allowed[f"{mod}._reconstruct"] = multiarray._reconstruct
-    allowed.update({"numpy.dtype": np.dtype, "numpy.ndarray": np.ndarray})
-
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str):
-            key = f"{module}.{name}"
-            if key in allowed:
-                return allowed[key]
-            if module.startswith("numpy.dtypes") and name.endswith("DType"):  # numpy>=1.25 dtype classes
-                return getattr(np.dtypes, name)
-            raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {key} is not allowlisted")
-
-    mod = types.ModuleType("coattn_restricted_pickle")
-    mod.Unpickler = Unpickler
-    mod.load = lambda f, **kw: Unpickler(f, **kw).load()
-    return mod
-
-
-def weights_digest(module: nn.Module) -> str:
-    """Short SHA-1 of every tensor in ``module.state_dict()``: the identity of randomly initialised weights."""
-    h = hashlib.sha1()
-    for k, v in module.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def load_clap_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a LAION-CLAP checkpoint as a flat ``{key: tensor}`` dict, never unpickling code.
 
-    Accepts the official ``{"state_dict": ..., "epoch": ..., ...}`` wrapper or a bare state dict and
-    strips the ``module.`` prefix DataParallel/DDP training left on every key.
+    Accepts the official ``{"state_dict": ..., "epoch": ..., ...}`` wrapper (pickle protocol 4, numpy
+    scalars: ``coattn.io.load_checkpoint(numpy_scalars=True)``) or a bare state dict, and strips the
+    ``module.`` prefix DataParallel/DDP training left on every key.
     """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"CLAP checkpoint not found: {str(p)!r}. {HOW_TO_GET}")
-    try:
-        with warnings.catch_warnings():  # torch warns about protocol 4 just before failing on it
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # released LAION-CLAP files use pickle protocol 4 and hold numpy scalars, both of which
-        # torch's weights-only unpickler rejects; retry with an equally strict allowlist unpickler
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle())
-            log.info("read %s with coattn's allowlist unpickler (pickle protocol 4 / numpy scalars)", p)
-        except pickle.UnpicklingError as e:
-            found = re.search(r"GLOBAL (\S+)", str(e))
-            what = f" (it contains {found.group(1)})" if found else ""
-            raise CheckpointError(
-                f"{str(p)!r} is not a plain weights file{what}: it pickles objects other than tensors, "
-                "containers and numbers, and coattn refuses to unpickle arbitrary code. Re-save only its "
-                f"state dict from a trusted Python session, or use an official checkpoint. {HOW_TO_GET}"
-            ) from e
-        except Exception as e:
-            raise CheckpointError(f"cannot read CLAP checkpoint {str(p)!r}: {type(e).__name__}: {e}") from e
+    obj = load_checkpoint(path, numpy_scalars=True, hint=HOW_TO_GET)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{str(p)!r} holds no state dict of tensors (top level: {type(obj).__name__}). {HOW_TO_GET}")
+        raise CheckpointError(f"{str(path)!r} holds no state dict of tensors (top level: {type(obj).__name__}). {HOW_TO_GET}")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from coattn.encoders.clap_checkpoint import file_identity, load_branch, load_clap_state_dict, select_prefix, weights_digest
+from coattn.encoders.clap_checkpoint import load_branch, load_clap_state_dict, select_prefix
 from coattn.features import SequenceFeatures
+from coattn.io import file_identity, weights_digest
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from coattn.coattention import PreparedText
+from coattn.features import PreparedAudio, PreparedText
+from coattn.metrics import topk
 from coattn.model import CoAttnModel
-from coattn.scoring import Precision, score_pair_list, score_rows
+from coattn.retrieval.tiling import Precision, score_pair_list, score_rows
 
 
 @dataclass
@@ -45,26 +46,20 @@ class RerankInfo:
                 "cascade_passes_exact": self.exact_passes, "cascade_cost_fraction": self.cost_fraction}
 
 
-def top_k_stable(scores: torch.Tensor, k: int, dim: int = 1) -> torch.Tensor:
-    """Indices of the k best along ``dim``, best first, ties to the lower index: (N, k) for dim=1."""
-    k = min(k, scores.shape[dim])
-    return torch.argsort(scores, dim=dim, descending=True, stable=True).narrow(dim, 0, k)
-
-
 def shortlist_mask(dual: torch.Tensor, k: int, both_directions: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(t2a shortlist (N, K) clip indices, U as an (N, M) bool mask)."""
     n, m = dual.shape
-    cols = top_k_stable(dual, k, dim=1)
+    cols = topk(dual, k, dim=1)
     mask = torch.zeros(n, m, dtype=torch.bool, device=dual.device)
     mask.scatter_(1, cols, True)
     if both_directions:
-        rows = top_k_stable(dual, k, dim=0)  # (K, M): the K best captions of each clip
+        rows = topk(dual, k, dim=0)  # (K, M): the K best captions of each clip
         mask.scatter_(0, rows, True)
     return cols, mask
 
 
 @torch.no_grad()
-def rerank_matrix(model: CoAttnModel, text: PreparedText, audio: tuple[torch.Tensor, torch.Tensor],
+def rerank_matrix(model: CoAttnModel, text: PreparedText, audio: PreparedAudio,
                   dual: torch.Tensor, k: int = 64, tile_pairs: int = 16384, precision: Precision = "auto",
                   progress: bool | None = None, both_directions: bool = True) -> tuple[torch.Tensor, RerankInfo]:
     """Full (N, M) two-stage score matrix (see the module docstring) and its cost.

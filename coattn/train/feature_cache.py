@@ -41,126 +41,19 @@ shows the build. With the audio encoder cached the data module stops decoding au
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import time
-import uuid
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
+from coattn.batch import Batch
 from coattn.features import SequenceFeatures
+from coattn.store import FeatureStore, caption_key, encoder_key, file_key, sha1_of
 
 log = logging.getLogger(__name__)
 
-PARTS = ("states", "mask", "pooled", "valid")
 SHARD_ROWS = 2048  # entries per shard: a Clotho clip is 32 x 768 floats = 96 KB, so ~200 MB per shard
-
-
-def _sha1(obj) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-def file_key(path: str | os.PathLike) -> str:
-    """Entry key of an audio file: resolved path + size + mtime (module docstring: why not a hash)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    return _sha1([str(p), st.st_size, st.st_mtime_ns])
-
-
-def caption_key(caption: str) -> str:
-    return hashlib.sha1(caption.encode("utf-8")).hexdigest()
-
-
-class FeatureStore:
-    """``SequenceFeatures`` rows (+ a valid flag) under string keys, in append-only shards read
-    memory-mapped. Rows of one shard share a sequence length; ``get`` trims/pads to the longest
-    real length of the rows it returns (what an encoder called on those items alone returns)."""
-
-    def __init__(self, root: str | os.PathLike, meta: dict | None = None):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        if meta is not None and not (self.root / "meta.json").is_file():
-            tmp = self.root / f".meta.json.{uuid.uuid4().hex}"
-            tmp.write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
-            os.replace(tmp, self.root / "meta.json")
-        self._shards: dict[str, dict[str, np.ndarray]] = {}
-        self._index: dict[str, tuple[str, int]] = {}
-        self.refresh()
-
-    def refresh(self) -> None:
-        """Pick up shards written since (by this or another process)."""
-        for kf in sorted(self.root.glob("*.keys.json")):
-            name = kf.name[: -len(".keys.json")]
-            if name in self._shards:
-                continue
-            keys = json.loads(kf.read_text())
-            self._shards[name] = {p: np.load(self.root / f"{name}.{p}.npy", mmap_mode="r") for p in PARTS}
-            for i, k in enumerate(keys):
-                self._index.setdefault(k, (name, i))
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._index
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def write(self, keys: Sequence[str], feats: SequenceFeatures, valid: torch.Tensor | None = None) -> str:
-        """One new shard holding ``feats`` row i under ``keys[i]``; atomic (keys file written last)."""
-        if len(keys) != len(feats):
-            raise ValueError(f"{len(keys)} keys for {len(feats)} rows")
-        valid = torch.ones(len(keys), dtype=torch.bool) if valid is None else valid
-        arrays = {"states": feats.states.detach().float().cpu().numpy(), "mask": feats.mask.cpu().numpy(),
-                  "pooled": feats.pooled.detach().float().cpu().numpy(), "valid": valid.cpu().numpy()}
-        name = f"shard-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
-        for part, arr in arrays.items():
-            tmp = self.root / f".{name}.{part}.npy.tmp"
-            with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(arr))
-            os.replace(tmp, self.root / f"{name}.{part}.npy")
-        tmp = self.root / f".{name}.keys.json.tmp"
-        tmp.write_text(json.dumps(list(keys)))
-        os.replace(tmp, self.root / f"{name}.keys.json")
-        self.refresh()
-        return name
-
-    def get(self, keys: Sequence[str]) -> tuple[SequenceFeatures, torch.Tensor]:
-        """Features and valid flags of ``keys`` (KeyError naming the first missing key)."""
-        try:
-            locs = [self._index[k] for k in keys]
-        except KeyError as err:
-            raise KeyError(f"feature cache {self.root}: no entry {err.args[0]}") from None
-        by_shard: dict[str, list[int]] = {}
-        for pos, (name, _) in enumerate(locs):
-            by_shard.setdefault(name, []).append(pos)
-        n = len(keys)
-        parts: dict[str, tuple[list[int], np.ndarray]] = {}
-        length = 0
-        for name, positions in by_shard.items():
-            rows = np.asarray([locs[p][1] for p in positions])
-            mask = np.asarray(self._shards[name]["mask"][rows])
-            real = mask.any(0).nonzero()[0]
-            length = max(length, int(real[-1]) + 1 if len(real) else 0)
-            parts[name] = (positions, rows)
-        first = next(iter(self._shards.values())) if self._shards else None
-        dim = first["states"].shape[-1] if first is not None else 0
-        states = np.zeros((n, length, dim), np.float32)
-        mask = np.zeros((n, length), bool)
-        pooled = np.zeros((n, dim), np.float32)
-        valid = np.zeros(n, bool)
-        for name, (positions, rows) in parts.items():
-            sh = self._shards[name]
-            k = min(length, sh["states"].shape[1])
-            states[positions, :k] = sh["states"][rows, :k]
-            mask[positions, :k] = sh["mask"][rows, :k]
-            pooled[positions] = sh["pooled"][rows]
-            valid[positions] = sh["valid"][rows]
-        feats = SequenceFeatures(torch.from_numpy(states), torch.from_numpy(mask), torch.from_numpy(pooled))
-        return feats, torch.from_numpy(valid)
 
 
 class _Comm:
@@ -223,31 +116,25 @@ class FeatureCache:
         self.stats = {"audio_built": 0, "text_built": 0}
 
     # ---- stores (folders) keyed by encoder identity + weights (+ crop) ------------------------
-    @staticmethod
-    def encoder_key(encoder: torch.nn.Module) -> dict:
-        from coattn.encoders.clap_checkpoint import weights_digest
-
-        return {"identity": encoder.identity(), "weights": weights_digest(encoder)}
-
     def audio_meta(self) -> dict:
-        return {"kind": "audio", **self.encoder_key(self.audio_encoder), "sample_rate": self.sample_rate,
+        return {"kind": "audio", **encoder_key(self.audio_encoder), "sample_rate": self.sample_rate,
                 "clip_samples": self.clip_samples, "crop": self.crop, "file_key": "resolved path + size + mtime_ns"}
 
     def text_meta(self) -> dict:
-        return {"kind": "text", **self.encoder_key(self.text_encoder), "entry_key": "sha1(caption)"}
+        return {"kind": "text", **encoder_key(self.text_encoder), "entry_key": "sha1(caption)"}
 
     @property
     def audio_store(self) -> FeatureStore:
         if self._audio_store is None:
             meta = self.audio_meta()
-            self._audio_store = FeatureStore(self.root / "audio" / _sha1(meta)[:20], meta)
+            self._audio_store = FeatureStore(self.root / "audio" / sha1_of(meta)[:20], meta)
         return self._audio_store
 
     @property
     def text_store(self) -> FeatureStore:
         if self._text_store is None:  # after the tokenizer exists: its state is part of the identity
             meta = self.text_meta()
-            self._text_store = FeatureStore(self.root / "text" / _sha1(meta)[:20], meta)
+            self._text_store = FeatureStore(self.root / "text" / sha1_of(meta)[:20], meta)
         return self._text_store
 
     def _device(self, encoder: torch.nn.Module) -> torch.device:
@@ -259,7 +146,7 @@ class FeatureCache:
         """Entry keys of every clip of ``split`` (a ``data_modules.base.Split``), building the missing ones."""
         from torch.utils.data import DataLoader, Subset
 
-        from data_modules.base import ClipDataset, collate
+        from data_modules.datasets import ClipDataset, collate
 
         comm = comm or _Comm()
         store = self.audio_store
@@ -347,8 +234,8 @@ class FeatureCache:
 
 class ModuleFeatureCache:
     """The glue the LightningModule uses: picks the split of each batch, builds lazily on the first
-    batch of a split (after checkpoints are restored and the tokenizer exists) and adds
-    ``audio_features`` / ``text_features`` (and the cached ``valid``) to the batch."""
+    batch of a split (after checkpoints are restored and the tokenizer exists) and fills the
+    batch's ``audio_features`` / ``text_features`` (and the cached ``valid``)."""
 
     def __init__(self, root: str, model, datamodule, strategy=None):
         self.dm, self.strategy = datamodule, strategy
@@ -387,24 +274,24 @@ class ModuleFeatureCache:
             self.cache.ensure_text(captions, comm, split_name)
             self.cache._text_ready.add(split_name)
 
-    def attach(self, batch: dict, trainer) -> dict:
+    def attach(self, batch: Batch, trainer) -> Batch:
         split_name = self._split_name(trainer)
         if split_name is None or not self.active:
             return batch
         self._ensure(split_name)
-        device = batch["clip_index"].device
+        device = batch.clip_index.device
+        changes = {}
         if self.cache.cache_audio:
             keys = self.cache._split_keys[split_name]
-            idx = batch["clip_index"].tolist()
+            idx = batch.clip_index.tolist()
             fnames = self.dm.split(split_name).fnames
-            if any(i >= len(fnames) for i in idx) or [fnames[i] for i in idx] != list(batch.get("fnames", [])):
-                if batch["audio"].numel() > 0:  # another loader (e.g. a folder to index): run the encoders
+            if any(i >= len(fnames) for i in idx) or [fnames[i] for i in idx] != list(batch.fnames):
+                if batch.audio.numel() > 0:  # another loader (e.g. a folder to index): run the encoders
                     return batch
-                raise RuntimeError(f"feature cache: batch clips {batch['fnames'][:3]} are not clips {idx[:3]} of the "
+                raise RuntimeError(f"feature cache: batch clips {batch.fnames[:3]} are not clips {idx[:3]} of the "
                                    f"{split_name} split; the loader is not the data module's")
             feats, valid = self.cache.audio_features([keys[i] for i in idx])
-            batch["audio_features"] = feats.to(device)
-            batch["valid"] = valid.to(device)
+            changes.update(audio_features=feats.to(device), valid=valid.to(device))
         if self.cache.cache_text:
-            batch["text_features"] = self.cache.text_features(batch["captions"]).to(device)
-        return batch
+            changes["text_features"] = self.cache.text_features(batch.captions).to(device)
+        return batch.replace(**changes)

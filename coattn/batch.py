@@ -1,0 +1,70 @@
+"""``Batch``: what every data loader yields and the only thing the LightningModule reads from one.
+
+    audio           FloatTensor (B, S)  S = sample_rate * clip_seconds (480,000 by default); (B, 0)
+                                        when a feature cache supplies ``audio_features`` instead
+    clip_index      LongTensor  (B,)    index of the clip in its split (stable: the split's clip order)
+    fnames          list[str]   (B)     file name as in the caption file
+    captions        list[str]   (C)     train: one per item (C == B, item b = (caption b, clip b));
+                                        eval: all captions of the B clips, flattened in clip order
+    caption_clip    LongTensor  (C,)    clip_index of each caption
+    valid           BoolTensor  (B,)    False where the clip could not be read (its audio is silence)
+    audio_features  SequenceFeatures | None   a frozen audio encoder's cached output (feature cache)
+    text_features   SequenceFeatures | None   a frozen text encoder's cached output (feature cache)
+
+``data_modules``' collate builds it; Lightning moves it to the device field by field (dataclasses
+are collections to ``apply_to_collection``). ``batch["audio"]`` works as well as ``batch.audio``
+(scripts written against the earlier dict batch).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from coattn.features import SequenceFeatures
+
+
+@dataclass
+class Batch:
+    audio: torch.Tensor
+    clip_index: torch.Tensor
+    fnames: list[str]
+    captions: list[str]
+    caption_clip: torch.Tensor
+    valid: torch.Tensor
+    audio_features: SequenceFeatures | None = None
+    text_features: SequenceFeatures | None = None
+
+    def __len__(self) -> int:
+        return self.clip_index.shape[0]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+    def replace(self, **changes: Any) -> "Batch":
+        return dataclasses.replace(self, **changes)
+
+    def pin_memory(self) -> "Batch":
+        """Page-locked copy (DataLoader ``pin_memory=True`` calls this on custom batch types)."""
+        pin = lambda t: t.pin_memory() if isinstance(t, torch.Tensor) else t  # noqa: E731
+        return self.replace(audio=pin(self.audio), clip_index=pin(self.clip_index),
+                            caption_clip=pin(self.caption_clip), valid=pin(self.valid))
+
+    def valid_items(self) -> "Batch":
+        """A training batch without the items whose audio could not be read (item b = caption b, clip b)."""
+        if bool(self.valid.all()):
+            return self
+        keep = self.valid.nonzero().squeeze(1)
+        idx = keep.tolist()
+        return Batch(audio=self.audio[keep], clip_index=self.clip_index[keep], fnames=[self.fnames[i] for i in idx],
+                     captions=[self.captions[i] for i in idx], caption_clip=self.caption_clip[keep],
+                     valid=self.valid[keep],
+                     audio_features=None if self.audio_features is None else self.audio_features.index(keep),
+                     text_features=None if self.text_features is None else self.text_features.index(keep))

@@ -1,0 +1,216 @@
+"""Files in and out, safely: the one atomic writer and the one checkpoint loader of coattn.
+
+Writing (every result, index, dataset, tokenizer and checkpoint file goes through ``atomic_write``):
+a temp file ``.coattn-<tag>-<pid>-<random>.partial`` in the target's own folder (same file system,
+so the rename is atomic), fsync, ``os.replace`` over the target, fsync the folder. A crash, a kill
+or a concurrent reader sees either the old complete file or the new complete one. (Lightning
+2.6.6's own ``_atomic_save`` writes ``tempfile.mkstemp()`` in ``$TMPDIR`` and ``shutil.move``\\ s it:
+a *copy* when ``$TMPDIR`` is another file system, so a kill during it truncates ``last.ckpt``.)
+Partial files of killed writers are swept by ``clean_partials``.
+
+Reading (``load_checkpoint``, for coattn's Lightning checkpoints and LAION-CLAP's files alike):
+``torch.load(weights_only=True)`` always, whatever the caller or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
+asks. A file that pickles code is refused with a ``CheckpointError`` naming the file and the
+offending global. Released LAION-CLAP files use pickle protocol 4 and hold numpy scalars, which
+torch's weights-only unpickler rejects: ``numpy_scalars=True`` retries with an allowlist unpickler
+(the same guarantee: it resolves only torch's weights-only globals and numpy's scalar/array
+constructors).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import glob
+import hashlib
+import os
+import pickle
+import re
+import tempfile
+import types
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from coattn.errors import CheckpointError, CheckpointNotFoundError
+
+PARTIAL_PREFIX = ".coattn-"
+PARTIAL_SUFFIX = ".partial"
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def _fsync_folder(folder: str) -> None:
+    with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every file system)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: bool = True, tag: str = "tmp") -> None:
+    """Call ``write(f)`` on a temp file next to ``path``, then move it into place (module docstring)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{PARTIAL_PREFIX}{tag}-{os.getpid()}-", suffix=PARTIAL_SUFFIX)
+    try:
+        text_kw = {} if binary else {"encoding": "utf-8", "newline": ""}  # csv handles its own newlines
+        with os.fdopen(fd, "wb" if binary else "w", **text_kw) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # what a plain open() would give, not mkstemp's 0600
+        os.replace(tmp, path)
+    except BaseException:  # leave no temp file behind, whatever went wrong (KeyboardInterrupt too)
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_folder(folder)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data), binary=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through ``atomic_write`` (temp files ``.coattn-ckpt-<pid>-*.partial``); creates the
+    folder and first sweeps partial files that killed writers left there."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    os.makedirs(folder, exist_ok=True)
+    clean_partials(folder)
+    atomic_write(path, lambda f: torch.save(obj, f), tag="ckpt")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_partial(name: str) -> bool:
+    """True for a temp file of ``atomic_write`` (never a result, whatever its name says)."""
+    return name.startswith(PARTIAL_PREFIX) and name.endswith(PARTIAL_SUFFIX)
+
+
+def clean_partials(folder: str | os.PathLike) -> list[str]:
+    """Remove ``atomic_write`` temp files of processes that no longer run (killed mid-write)."""
+    removed = []
+    for f in glob.glob(os.path.join(glob.escape(os.fspath(folder)), f"{PARTIAL_PREFIX}*{PARTIAL_SUFFIX}")):
+        m = re.match(re.escape(PARTIAL_PREFIX) + r"[^-]+-(\d+)-", os.path.basename(f))
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                os.remove(f)
+                removed.append(f)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def _restricted_pickle() -> types.ModuleType:
+    """A ``pickle_module`` for torch.load whose Unpickler resolves only allowlisted globals.
+
+    The same guarantee as ``weights_only=True`` (pickle runs code only through ``find_class``, and
+    this one returns nothing but torch's weights-only allowlist and numpy's scalar/array
+    constructors), built on Python's full unpickler so that every pickle protocol works.
+    """
+    import numpy as np
+
+    allowed: dict[str, object] = {}
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals  # torch's weights_only allowlist
+
+        allowed.update(_get_allowed_globals())
+    except ImportError:  # private API moved: fall back to what a plain state dict needs
+        allowed.update({"collections.OrderedDict": collections.OrderedDict, "torch.Size": torch.Size,
+                        "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+                        "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter})
+    multiarray = np.core.multiarray  # pickles name it numpy.core.* (numpy 1.x) or numpy._core.* (2.x)
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[f"{mod}.scalar"] = multiarray.scalar
+        allowed[f"{mod}._reconstruct"] = multiarray._reconstruct
+    allowed.update({"numpy.dtype": np.dtype, "numpy.ndarray": np.ndarray})
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            key = f"{module}.{name}"
+            if key in allowed:
+                return allowed[key]
+            if module.startswith("numpy.dtypes") and name.endswith("DType"):  # numpy>=1.25 dtype classes
+                return getattr(np.dtypes, name)
+            raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {key} is not allowlisted")
+
+    mod = types.ModuleType("coattn_restricted_pickle")
+    mod.Unpickler = Unpickler
+    mod.load = lambda f, **kw: Unpickler(f, **kw).load()
+    return mod
+
+
+def _unsafe(path: str, exc: Exception, hint: str) -> CheckpointError:
+    found = re.search(r"GLOBAL (\S+)", str(exc))
+    what = f" (it contains {found.group(1)})" if found else ""
+    return CheckpointError(
+        f"refusing to load {path!r}: it is not a plain weights file{what}: it pickles objects other than tensors, "
+        "containers and plain values, and coattn refuses to unpickle anything else (torch.load with weights_only=True "
+        "only: unpickling could run arbitrary code). If you trust the file, re-save just its tensors and plain "
+        f"values from a Python session.{' ' + hint if hint else ''}")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False,
+                    numpy_scalars: bool = False, hint: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and the problem.
+
+    ``numpy_scalars``: also read files that hold numpy scalars/arrays (LAION-CLAP's), through the
+    allowlist unpickler. ``hint``: appended to every error (where to get a good file).
+    """
+    p, name = Path(path).expanduser(), os.fspath(path)
+    tail = f" {hint}" if hint else ""
+    if not p.is_file():
+        raise CheckpointNotFoundError(f"checkpoint not found: {name!r}.{tail}")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {name!r} is empty (0 bytes): an interrupted copy?{tail}")
+    try:
+        try:
+            with warnings.catch_warnings():  # torch warns about protocol 4 just before failing on it
+                warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+                return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
+        except pickle.UnpicklingError as exc:
+            if not numpy_scalars:
+                raise _unsafe(name, exc, hint) from None
+        try:
+            return torch.load(p, map_location=map_location, weights_only=False, pickle_module=_restricted_pickle())
+        except pickle.UnpicklingError as exc:
+            raise _unsafe(name, exc, hint) from None
+    except CheckpointError:
+        raise
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, pickle.UnpicklingError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"cannot read checkpoint {name!r} (truncated, or not a torch checkpoint): "
+                              f"{type(exc).__name__}: {first}{tail}") from None
+
+
+# ---------------------------------------------------------------------------------------------- identities
+def file_identity(path: str | os.PathLike) -> str:
+    """``path|mtime|size`` of a file: a cheap cache key that changes when the file is replaced."""
+    p = Path(path).expanduser().resolve()
+    st = p.stat()
+    return f"{p}|mtime={st.st_mtime_ns}|size={st.st_size}"
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """Short SHA-1 of every tensor in ``module.state_dict()``: the identity of (e.g. randomly initialised) weights."""
+    h = hashlib.sha1()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,81 @@
+"""``Retriever``: the one place that decides how captions are scored against clips.
+
+    cascade none          s = s_dual                                   one matrix product
+    mode: exact           s = s_pair on every (caption, clip) pair     N x M cascade passes (tiling.py)
+    mode: rerank          s_dual shortlists K clips per caption and K captions per clip, the
+                          cascade re-scores that union, the rest ranks below in dual order
+                          (rerank.py)                                  <= K (N + M) passes
+
+It returns the scores together with the dual branch's own scores (what a shortlist starts from,
+logged as ``dual_*`` metrics) and a record of what it did (mode, K, cascade passes), which
+``metrics.json`` keeps. Validation, test, ``coattn search`` and the benchmarks all call it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from coattn.errors import ConfigError
+from coattn.features import SequenceFeatures
+from coattn.model import CoAttnModel
+from coattn.retrieval.rerank import rerank_matrix
+from coattn.retrieval.tiling import Precision, score_matrix
+
+
+@dataclass
+class Retrieval:
+    """Scores of N captions x M clips (float32), the dual branch's scores, and what was done."""
+
+    scores: torch.Tensor
+    dual: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Retriever:
+    """How a model's captions are scored against its clips (module docstring).
+
+    Args:
+        mode: ``exact`` (the cascade scores every caption x clip pair) or ``rerank`` (two-stage: the
+            dual encoder shortlists the ``rerank_k`` best clips per caption and captions per clip, the
+            cascade re-scores that union). Ignored for cascade ``none``, which scores with its dual branch.
+        rerank_k: shortlist length K of ``rerank``.
+        tile_pairs: caption-clip pairs per cascade pass (the memory bound of scoring).
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
+    """
+
+    mode: Literal["exact", "rerank"] = "exact"
+    rerank_k: int = 64
+    tile_pairs: int = 16384
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("exact", "rerank"):
+            raise ConfigError(f"evaluation mode must be 'exact' or 'rerank', got {self.mode!r}")
+        if self.rerank_k < 1:
+            raise ConfigError(f"rerank_k must be >= 1, got {self.rerank_k}")
+        if self.tile_pairs < 1:
+            raise ConfigError(f"tile_pairs must be >= 1, got {self.tile_pairs}")
+
+    @torch.no_grad()
+    def __call__(self, model: CoAttnModel, audio: SequenceFeatures, text: SequenceFeatures,
+                 both_directions: bool = True, progress: bool | None = None) -> Retrieval:
+        """Score every caption of ``text`` against every clip of ``audio`` (encoder outputs).
+
+        ``both_directions=False``: text-to-audio only (search), so ``rerank`` shortlists clips only.
+        """
+        dual = model.dual_scores(audio, text)
+        if not model.has_pairwise:
+            return Retrieval(dual, dual, {"retrieval_mode": "dual", "cascade_passes": 0})
+        precision: Precision = self.precision
+        text_p, audio_p = model.prepare_text(text), model.prepare_audio(audio)
+        if self.mode == "rerank":
+            scores, info = rerank_matrix(model, text_p, audio_p, dual, self.rerank_k, self.tile_pairs, precision,
+                                         progress, both_directions)
+            return Retrieval(scores, dual, info.as_dict())
+        n, m = dual.shape
+        scores = score_matrix(model, text_p, audio_p, self.tile_pairs, precision, progress)
+        return Retrieval(scores, dual, {"retrieval_mode": "exact", "cascade_passes": n * m,
+                                        "cascade_passes_exact": n * m, "cascade_cost_fraction": 1.0})

@@ -1,0 +1,185 @@
+"""``FeatureStore``: encoder outputs under string keys, on disk, read memory-mapped; the one store
+behind the training feature cache (coattn/train/feature_cache.py) and ``coattn search``'s index.
+
+Layout of a store folder: ``meta.json`` (the readable key of what is stored, e.g. which encoder)
+and shards ``NAME.{states,mask,pooled,valid}.npy`` + ``NAME.keys.json``. Each part is written
+atomically and the keys file last: a shard without it is incomplete (an interrupted build) and is
+ignored. Shards are append-only; ``prune`` removes those no live key points to.
+
+Damage heals: a shard whose files cannot be read or disagree in length (a truncated copy, a full
+disk, a binary ``keys.json``) is reported in one warning naming the file and removed, so its
+entries count as missing and the caller rebuilds them; a damaged ``meta.json`` is rewritten.
+
+Keys (any change is a miss):
+
+    encoder_key(encoder)  ``encoder.identity()`` (config, checkpoint file, tokenizer...) + a SHA-1 of
+                          its weights, so a fine-tuned, then frozen model never reads another's features
+    file_key(path)        resolved path + size + mtime (ns): a stat, not a content hash (hashing
+                          would read Clotho's 7 GB on every run; ``touch`` a file edited in place)
+    caption_key(text)     SHA-1 of the caption string
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from coattn.features import SequenceFeatures
+from coattn.io import atomic_write, atomic_write_text, weights_digest
+
+log = logging.getLogger(__name__)
+
+PARTS = ("states", "mask", "pooled", "valid")
+
+
+def sha1_of(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_key(path: str | os.PathLike) -> str:
+    """Entry key of an audio file: resolved path + size + mtime (module docstring: why not a hash)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return sha1_of([str(p), st.st_size, st.st_mtime_ns])
+
+
+def caption_key(caption: str) -> str:
+    return hashlib.sha1(caption.encode("utf-8")).hexdigest()
+
+
+def encoder_key(encoder: torch.nn.Module) -> dict:
+    """What identifies an encoder's outputs: its ``identity()`` and a digest of its weights."""
+    return {"identity": encoder.identity(), "weights": weights_digest(encoder)}
+
+
+class FeatureStore:
+    """``SequenceFeatures`` rows (+ a valid flag) under string keys (module docstring). Rows of one
+    shard share a sequence length; ``get`` trims/pads to the longest real length of the rows it
+    returns (what an encoder called on those items alone returns)."""
+
+    def __init__(self, root: str | os.PathLike, meta: dict | None = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if meta is not None:
+            self._ensure_meta(meta)
+        self._shards: dict[str, dict[str, np.ndarray]] = {}
+        self._keys: dict[str, list[str]] = {}
+        self._index: dict[str, tuple[str, int]] = {}
+        self.healed: list[str] = []  # shards found damaged and removed (their entries are missing again)
+        self.refresh()
+
+    def _ensure_meta(self, meta: dict) -> None:
+        path = self.root / "meta.json"
+        if path.is_file():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+                return
+            except (UnicodeDecodeError, json.JSONDecodeError, OSError) as exc:
+                log.warning("feature store %s: damaged %s (%s): rewritten", self.root, path.name, type(exc).__name__)
+        atomic_write_text(path, json.dumps(meta, indent=1, sort_keys=True, default=str))
+
+    def _read_shard(self, name: str) -> tuple[list[str], dict[str, np.ndarray]]:
+        keys = json.loads((self.root / f"{name}.keys.json").read_text(encoding="utf-8"))
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ValueError("keys file is not a list of strings")
+        parts = {p: np.load(self.root / f"{name}.{p}.npy", mmap_mode="r") for p in PARTS}
+        if any(a.shape[0] != len(keys) for a in parts.values()):
+            raise ValueError(f"{len(keys)} keys but {[a.shape[0] for a in parts.values()]} rows")
+        return keys, parts
+
+    def refresh(self) -> None:
+        """Pick up shards written since (by this or another process); heal damaged ones."""
+        for kf in sorted(self.root.glob("*.keys.json")):
+            name = kf.name[: -len(".keys.json")]
+            if name in self._shards:
+                continue
+            try:
+                keys, parts = self._read_shard(name)
+            except (OSError, ValueError, UnicodeDecodeError, EOFError) as exc:
+                self._remove(name, why=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                continue
+            self._shards[name], self._keys[name] = parts, keys
+            for i, k in enumerate(keys):
+                self._index.setdefault(k, (name, i))
+
+    def _remove(self, name: str, why: str) -> None:
+        log.warning("feature store %s: shard %s is damaged (%s): removed; its entries will be rebuilt",
+                    self.root, name, why)
+        self.healed.append(name)
+        for f in self.root.glob(f"{name}.*"):
+            f.unlink(missing_ok=True)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def write(self, keys: Sequence[str], feats: SequenceFeatures, valid: torch.Tensor | None = None) -> str:
+        """One new shard holding ``feats`` row i under ``keys[i]``; atomic (keys file written last)."""
+        if len(keys) != len(feats):
+            raise ValueError(f"{len(keys)} keys for {len(feats)} rows")
+        valid = torch.ones(len(keys), dtype=torch.bool) if valid is None else valid
+        arrays = {"states": feats.states.detach().float().cpu().numpy(), "mask": feats.mask.cpu().numpy(),
+                  "pooled": feats.pooled.detach().float().cpu().numpy(), "valid": valid.cpu().numpy()}
+        name = f"shard-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+        for part, arr in arrays.items():
+            atomic_write(self.root / f"{name}.{part}.npy", lambda f, a=arr: np.save(f, np.ascontiguousarray(a)))
+        atomic_write_text(self.root / f"{name}.keys.json", json.dumps(list(keys)))
+        self.refresh()
+        return name
+
+    def get(self, keys: Sequence[str]) -> tuple[SequenceFeatures, torch.Tensor]:
+        """Features and valid flags of ``keys`` (KeyError naming the first missing key)."""
+        try:
+            locs = [self._index[k] for k in keys]
+        except KeyError as err:
+            raise KeyError(f"feature store {self.root}: no entry {err.args[0]}") from None
+        by_shard: dict[str, list[int]] = {}
+        for pos, (name, _) in enumerate(locs):
+            by_shard.setdefault(name, []).append(pos)
+        n = len(keys)
+        parts: dict[str, tuple[list[int], np.ndarray]] = {}
+        length = 0
+        for name, positions in by_shard.items():
+            rows = np.asarray([locs[p][1] for p in positions])
+            real = np.asarray(self._shards[name]["mask"][rows]).any(0).nonzero()[0]
+            length = max(length, int(real[-1]) + 1 if len(real) else 0)
+            parts[name] = (positions, rows)
+        first = next(iter(self._shards.values())) if self._shards else None
+        dim = first["states"].shape[-1] if first is not None else 0
+        states = np.zeros((n, length, dim), np.float32)
+        mask = np.zeros((n, length), bool)
+        pooled = np.zeros((n, dim), np.float32)
+        valid = np.zeros(n, bool)
+        for name, (positions, rows) in parts.items():
+            sh = self._shards[name]
+            k = min(length, sh["states"].shape[1])
+            states[positions, :k] = sh["states"][rows, :k]
+            mask[positions, :k] = sh["mask"][rows, :k]
+            pooled[positions] = sh["pooled"][rows]
+            valid[positions] = sh["valid"][rows]
+        feats = SequenceFeatures(torch.from_numpy(states), torch.from_numpy(mask), torch.from_numpy(pooled))
+        return feats, torch.from_numpy(valid)
+
+    def prune(self, live: set[str]) -> int:
+        """Remove the shards none of whose keys is in ``live`` (entries of deleted or changed files)."""
+        dead = [name for name, keys in self._keys.items() if not any(k in live for k in keys)]
+        for name in dead:
+            for f in self.root.glob(f"{name}.*"):
+                f.unlink(missing_ok=True)
+            del self._shards[name], self._keys[name]
+        if dead:
+            self._index = {}
+            for name, keys in self._keys.items():
+                for i, k in enumerate(keys):
+                    self._index.setdefault(k, (name, i))
+        return len(dead)

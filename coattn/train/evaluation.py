@@ -1,0 +1,159 @@
+"""Evaluation in the app: the ``model.evaluation`` settings, the one accumulator that validation,
+test and predict share, and the files ``test`` and ``predict`` write.
+
+    coattn test    --config experiments/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
+    coattn predict --config experiments/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
+
+Every clip and every caption of a split is encoded once (``EvalAccumulator.add``, per batch); at
+the end of the epoch the features are gathered over ranks (sampler repeats removed, clip order:
+``coattn.distributed.gather_eval``) and each caption is mapped to the row of its clip. Then:
+
+    validate / test   the ``Retriever`` scores all captions x all clips; metrics (and the dual
+                      branch's own mAP@10) are logged; ``test`` prints the table and writes
+                      ``metrics.json``, ``scores.npz``, ``submission_t2a.csv`` (coattn/results.py)
+    predict           ``embeddings.npz``: clip_embeddings (M, E), caption_embeddings (N, E) (float32,
+                      L2-normalised dual vectors: cosine = dot product = s_dual), fnames (M,),
+                      captions (N,), caption_clip (N,) = row of each caption's clip, clip_index (M,);
+                      ``features.npz``: the encoder outputs the co-attention stage starts from:
+                      clip_states (M, T, Da), clip_mask, clip_pooled, caption_states (N, L, Dt),
+                      caption_mask, caption_pooled; same order as embeddings.npz
+
+Files go to ``evaluation.results_dir`` or ``<default_root_dir>/results/<stage>``; rank 0 writes.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coattn.batch import Batch
+from coattn.distributed import gather_eval
+from coattn.errors import ConfigError
+from coattn.features import SequenceFeatures
+from coattn.io import atomic_write_bytes
+from coattn.retrieval import Retriever
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation(Retriever):
+    """How validation and test score a split and what ``test`` writes (the ``model.evaluation`` group).
+
+    The command line always sets these: a ``--ckpt_path`` checkpoint never overrides them.
+
+    Args:
+        mode: ``exact`` (the cascade scores every caption x clip pair) or ``rerank`` (two-stage: the
+            dual encoder shortlists the ``rerank_k`` best clips per caption and captions per clip, the
+            cascade re-scores that union; the rest ranks below, in dual order: coattn/retrieval/rerank.py).
+            metrics.json records the mode, K and the cascade passes. Ignored for cascade ``none``.
+        rerank_k: shortlist length K of ``rerank``.
+        tile_pairs: caption-clip pairs per cascade pass (the memory bound of scoring).
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
+        bootstrap: bootstrap resamples for the 95 % confidence intervals (0 = none).
+        results_dir: where ``test`` and ``predict`` write; default ``<default_root_dir>/results/<stage>``.
+    """
+
+    bootstrap: int = 1000
+    results_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.bootstrap < 0:
+            raise ConfigError(f"model.evaluation.bootstrap must be >= 0 (0: no confidence intervals), "
+                              f"got {self.bootstrap}")
+
+    def output_dir(self, default_root_dir: str | Path, stage: str) -> Path:
+        return Path(self.results_dir or Path(default_root_dir) / "results" / stage)
+
+
+@dataclass
+class Collected:
+    """A whole split, encoded: clips in clip order, captions with the row of their clip."""
+
+    audio: SequenceFeatures
+    text: SequenceFeatures
+    clip_index: torch.Tensor  # (M,) index of each clip in its split
+    caption_clip: torch.Tensor  # (N,) row of each caption's clip in ``audio``
+    fnames: list[str]
+    captions: list[str]
+
+
+class EvalAccumulator:
+    """Encoder outputs of every batch of an evaluation epoch (module docstring)."""
+
+    def __init__(self):
+        self._parts: dict[str, list] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._parts)
+
+    def add(self, batch: Batch, audio: SequenceFeatures, text: SequenceFeatures) -> None:
+        p = self._parts
+        p.setdefault("audio", []).append(audio)
+        p.setdefault("text", []).append(text)
+        p.setdefault("clip_index", []).append(batch.clip_index)
+        p.setdefault("caption_clip", []).append(batch.caption_clip)
+        p.setdefault("fnames", []).extend(batch.fnames)
+        p.setdefault("captions", []).extend(batch.captions)
+
+    def finish(self) -> Collected | None:
+        """Gather over ranks, concatenate, map captions to clip rows; empties the accumulator."""
+        parts, self._parts = self._parts, {}
+        if not parts:
+            return None
+        parts = gather_eval(parts)  # DDP: every rank's items, sampler repeats removed, clip order
+        clip_index = torch.cat(parts["clip_index"])
+        # caption_clip holds split-wide clip indices; map them to rows of the gathered clips.
+        row_of = torch.full((int(clip_index.max()) + 1,), -1, dtype=torch.long, device=clip_index.device)
+        row_of[clip_index] = torch.arange(len(clip_index), device=clip_index.device)
+        return Collected(SequenceFeatures.cat(parts["audio"]), SequenceFeatures.cat(parts["text"]), clip_index,
+                         row_of[torch.cat(parts["caption_clip"])], list(parts["fnames"]), list(parts["captions"]))
+
+
+def write_test_results(out: Path, c: Collected, scores: torch.Tensor, metrics: dict, per_query: dict,
+                       bootstrap: int, extra: dict) -> None:
+    """Print the metrics table (first: a failed write never loses it), then write the result files."""
+    from coattn.metrics import bootstrap_ci, chance_metrics
+    from coattn.results import format_table, write_results
+
+    n_per_clip = torch.bincount(c.caption_clip, minlength=len(c.fnames))
+    chance = chance_metrics(c.caption_clip, len(c.fnames))
+    ci = bootstrap_ci(per_query, n_boot=bootstrap) if bootstrap else {}
+    extra = {**extra, "n_captions": len(c.captions), "n_clips": len(c.fnames),
+             "captions_per_clip": sorted(set(n_per_clip.tolist()))}
+    print(format_table(metrics, chance, ci))
+    if extra.get("retrieval_mode") == "rerank":
+        print(f"retrieval: rerank, K={extra['rerank_k']}: {extra['cascade_passes']:,} cascade passes "
+              f"({100 * extra['cascade_cost_fraction']:.1f} % of exact)")
+    paths = write_results(out, scores.cpu(), c.caption_clip.cpu(), c.captions, c.fnames, metrics, ci, chance, extra)
+    print(f"results written to {out}: " + ", ".join(p.name for p in paths.values()))
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+@torch.no_grad()
+def write_predictions(out: Path, c: Collected, model) -> dict[str, Path]:
+    """``embeddings.npz`` and ``features.npz`` of a collected split (module docstring)."""
+    np_ = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"embeddings": out / "embeddings.npz", "features": out / "features.npz"}
+    atomic_write_bytes(paths["embeddings"], _npz_bytes({
+        "clip_embeddings": np_(model.dual_embed_audio(c.audio)), "caption_embeddings": np_(model.dual_embed_text(c.text)),
+        "fnames": np.array(c.fnames, dtype=str), "captions": np.array(c.captions, dtype=str),
+        "caption_clip": c.caption_clip.cpu().numpy(), "clip_index": c.clip_index.cpu().numpy()}))
+    atomic_write_bytes(paths["features"], _npz_bytes({
+        "clip_states": np_(c.audio.states), "clip_mask": c.audio.mask.cpu().numpy(), "clip_pooled": np_(c.audio.pooled),
+        "caption_states": np_(c.text.states), "caption_mask": c.text.mask.cpu().numpy(),
+        "caption_pooled": np_(c.text.pooled)}))
+    print(f"predictions written to {out}: {len(c.fnames)} clips, {len(c.captions)} captions "
+          "(embeddings.npz, features.npz)")
+    return paths

@@ -1,0 +1,206 @@
+"""``CoAttnRetrieval``: the LightningModule. It orchestrates (steps, logging, optimisers, evaluation
+files); the computation lives in the library: ``CoAttnModel`` (encoders, cascade, heads), the
+``RetrievalLoss`` and the ``Retriever``.
+
+    coattn fit  --config experiments/demo.yaml
+    coattn test --config experiments/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
+
+Its configuration (the YAML's ``model:`` section) is the architecture, ``CoAttnModel``'s own
+arguments at the top (``audio_encoder``, ``text_encoder``, ``cascade``, ``embed_dim``...), plus three
+groups: ``loss`` (coattn.loss.RetrievalLoss), ``optim`` (coattn/train/optim.py) and ``evaluation``
+(coattn/train/evaluation.py), and ``feature_cache``. With ``--ckpt_path`` the architecture comes
+from the checkpoint; everything else from the command (coattn/train/cli.py).
+
+Training step (B clips, B captions): encode each once, the loss scores all B x B pairs with the
+cascade (+ the dual-encoder term). Validation/test: encode every clip and caption of the split
+once, score all captions x all clips, compute the DCASE metrics; ``test`` also writes files.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from typing_extensions import override
+
+from coattn.batch import Batch
+from coattn.distributed import global_batch_size, rank_world
+from coattn.features import SequenceFeatures
+from coattn.io import atomic_write_text
+from coattn.loss import RetrievalLoss
+from coattn.model import CoAttnModel
+from coattn.results import EvaluationResult
+from coattn.train.evaluation import EvalAccumulator, Evaluation, write_predictions, write_test_results
+from coattn.train.optim import Optim
+
+log = logging.getLogger(__name__)
+
+
+class CoAttnRetrieval(pl.LightningModule):
+    """Language-based audio retrieval with a co-attention cascade (module docstring).
+
+    Args:
+        loss: the training objective (``aux_weight``, ``pair_negatives``).
+        optim: AdamW learning rates, weight decay, warm-up.
+        evaluation: how validation/test score (``mode``, ``rerank_k``, ``tile_pairs``, ``precision``)
+            and what test writes (``bootstrap``, ``results_dir``); never taken from a checkpoint.
+        feature_cache: folder of the feature cache (coattn/train/feature_cache.py): frozen encoders
+            run once per clip / caption and steps read their stored outputs. None = off.
+        **model: the architecture: the arguments of ``coattn.CoAttnModel`` (audio_encoder,
+            text_encoder, cascade, embed_dim, temperature, learn_temperature, dual_pooling,
+            dual_projection, clap_checkpoint, feature_norm).
+    """
+
+    def __init__(self, loss: RetrievalLoss = RetrievalLoss(), optim: Optim = Optim(),
+                 evaluation: Evaluation = Evaluation(), feature_cache: str | None = None, **model: Any):
+        super().__init__()
+        # Under LightningCLI this stores the config (class paths + init args), not the modules.
+        self.save_hyperparameters(ignore=[] if self._cli_hparams() else ["audio_encoder", "text_encoder", "cascade"])
+        self.model = CoAttnModel(**model)
+        self.loss, self.optim, self.evaluation = loss, optim, evaluation
+        self.feature_cache = feature_cache
+        self._features = None  # coattn.train.feature_cache.ModuleFeatureCache, made in setup
+        self._collected = EvalAccumulator()  # validation, test and predict: one accumulator
+        self.last_losses: dict[str, torch.Tensor] = {}  # this step's loss terms (callbacks.NonFiniteGuard)
+        self.last_evaluation: EvaluationResult | None = None  # the last scored split (callbacks)
+        self.last_retrieval: dict = {}  # how it was scored (mode, K, cascade passes)
+
+    @staticmethod
+    def _cli_hparams() -> bool:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+        return _given_hyperparameters.get() is not None
+
+    # ---- setup: the per-run tokenizer, the feature cache ----------------------------------------
+    @override
+    def setup(self, stage: str) -> None:
+        enc = self.model.text_encoder
+        if stage == "fit" and enc.needs_tokenizer_fit:
+            state = None
+            if self.trainer.is_global_zero:
+                enc.fit_tokenizer(self.trainer.datamodule.train_captions())
+                state = enc.tokenizer_state()
+            state = self.trainer.strategy.broadcast(state, src=0)
+            enc.load_tokenizer_state(state)
+            if self.trainer.is_global_zero:
+                out = Path(self.trainer.default_root_dir) / "tokenizer.json"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(out, state)
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.feature_cache:  # per trainer: its strategy (ranks) and data module
+            if dm is None or not hasattr(dm, "set_load_audio"):
+                log.warning("model.feature_cache needs an AudioCaptionDataModule; running the encoders instead")
+            else:
+                from coattn.train.feature_cache import ModuleFeatureCache
+                self._features = ModuleFeatureCache(self.feature_cache, self.model, dm, self.trainer.strategy)
+
+    @override
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # the feature cache fills audio_features / text_features (building them on a split's first batch)
+        if self._features is not None and isinstance(batch, Batch):
+            batch = self._features.attach(batch, self.trainer)
+        return batch
+
+    def encode(self, batch: Batch) -> tuple[SequenceFeatures, SequenceFeatures]:
+        """Audio and text features of a batch: the cached ones when present, else the encoders'."""
+        m = self.model
+        audio = m.encode_audio(batch.audio) if batch.audio_features is None else batch.audio_features
+        text = m.encode_text(batch.captions) if batch.text_features is None else batch.text_features
+        return audio, text
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = self.model.text_encoder.tokenizer_state()
+        if state is not None:  # the checkpoint alone must be enough to test and predict
+            checkpoint["tokenizer_state"] = state
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "tokenizer_state" in checkpoint:
+            self.model.text_encoder.load_tokenizer_state(checkpoint["tokenizer_state"])
+
+    # ---- training -------------------------------------------------------------------------------
+    @override
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        kept = batch.valid_items()  # the data module flags unreadable clips instead of dying
+        if len(kept) < len(batch):
+            self.log("train/skipped_items", float(len(batch) - len(kept)), reduce_fx="sum", batch_size=len(batch))
+        audio, text = self.encode(kept)
+        out = self.loss(self.model, audio, text, kept.caption_clip, kept.clip_index)
+        self.last_losses = {k: v.detach() for k, v in out.items()}
+        bs = len(kept.captions)
+        for k, v in out.items():
+            self.log(f"train/{k}", v, prog_bar=k == "loss", batch_size=bs)
+        temp = self.model.pair_temperature if self.model.has_pairwise else self.model.dual_temperature
+        self.log("train/tau", temp.tau, batch_size=bs)
+        # items over all ranks (the dual loss's negatives); one process: bs
+        world_bs = global_batch_size(bs, out["loss"].device) if rank_world()[1] > 1 else bs
+        self.log("train/global_batch_size", float(world_bs), batch_size=bs)
+        return out["loss"]
+
+    # ---- evaluation: encode once, score everything ------------------------------------------------
+    def _collect(self, batch: Batch) -> None:
+        self._collected.add(batch, *self.encode(batch))
+
+    @override
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._collect(batch)
+
+    @override
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._collect(batch)
+
+    def _evaluate(self, stage: str) -> dict[str, float] | None:
+        from coattn.metrics import aggregate, per_query_metrics
+
+        c = self._collected.finish()
+        if c is None:
+            return None
+        result = self.evaluation(self.model, c.audio, c.text)
+        self.last_retrieval = result.info
+        per_query = per_query_metrics(result.scores, c.caption_clip)  # ranks once, reused by the CIs
+        metrics = aggregate(per_query)
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=False, batch_size=1)
+        if self.model.has_pairwise:  # the dual shortlist's own quality: what rerank starts from
+            dual = aggregate(per_query_metrics(result.dual, c.caption_clip))
+            self.log_dict({f"{stage}/dual_{k}": dual[k] for k in ("t2a_mAP@10", "a2t_mAP@10")},
+                          sync_dist=False, batch_size=1)
+        self.last_evaluation = EvaluationResult(stage, result.scores.detach().float().cpu(), c.captions, c.fnames,
+                                                c.caption_clip.cpu(), dict(metrics))
+        if stage == "test" and self.trainer.is_global_zero:
+            extra = {"ckpt_path": self.trainer.ckpt_path, "cascade": self.model.cascade.kind, **result.info}
+            write_test_results(self.evaluation.output_dir(self.trainer.default_root_dir, "test"), c, result.scores,
+                               metrics, per_query, self.evaluation.bootstrap, extra)
+        return metrics
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self._evaluate("val")
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._evaluate("test")
+
+    # ---- predict: embeddings and features of a split ----------------------------------------------
+    @override
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """Encode one batch, keep its features for the epoch's files, return its dual embeddings."""
+        audio, text = self.encode(batch)
+        self._collected.add(batch, audio, text)
+        return {"clip_embeddings": self.model.dual_embed_audio(audio).float().cpu(),
+                "caption_embeddings": self.model.dual_embed_text(text).float().cpu(),
+                "fnames": list(batch.fnames), "captions": list(batch.captions),
+                "clip_index": batch.clip_index.cpu(), "caption_clip": batch.caption_clip.cpu()}
+
+    @override
+    def on_predict_epoch_end(self) -> None:
+        c = self._collected.finish()
+        if c is not None and self.trainer.is_global_zero:
+            write_predictions(self.evaluation.output_dir(self.trainer.default_root_dir, "predict"), c, self.model)
+
+    # ---- optimisation -----------------------------------------------------------------------------
+    @override
+    def configure_optimizers(self):
+        return self.optim.build(self, self.model.text_encoder, self.model.audio_encoder,
+                                self.trainer.estimated_stepping_batches)

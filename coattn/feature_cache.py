@@ -256,10 +256,10 @@ class FeatureCache:
 
     # ---- building -----------------------------------------------------------------------------
     def ensure_audio(self, split, comm: _Comm | None = None, name: str | None = None) -> list[str]:
-        """Entry keys of every clip of ``split`` (a ``data_modules.base.Split``), building the missing ones."""
+        """Entry keys of every clip of ``split`` (a ``data_modules.splits.Split``), building the missing ones."""
         from torch.utils.data import DataLoader, Subset
 
-        from data_modules.base import ClipDataset, collate
+        from data_modules.datasets import ClipDataset, collate
 
         comm = comm or _Comm()
         store = self.audio_store

@@ -23,7 +23,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data_modules.audio_io import fit_length, load_audio, load_clip
+from coattn.audio import fit_length, load_audio, load_clip
 
 TARGET = 128.0  # clips/s: batch 32 x 4 steps/s
 

@@ -45,10 +45,10 @@ def ensure_data(root: Path) -> None:
 
 def encode(model, root: Path, ckpt: Path, batch: int = 32) -> dict:
     """Encoder outputs of every clip and caption of the evaluation split (cached on disk)."""
+    from coattn.audio import load_clip
     from coattn.encoders.clap_checkpoint import weights_digest
     from coattn.features import SequenceFeatures
     from data_modules import ClothoDataModule
-    from data_modules.audio_io import load_clip
 
     key = hashlib.sha1(f"{weights_digest(model)}".encode()).hexdigest()[:12]
     cache = root / f"features-{key}.pt"

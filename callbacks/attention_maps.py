@@ -67,7 +67,7 @@ class AttentionMaps(Callback):
     @torch.no_grad()
     def capture(self, trainer: Trainer, pl_module: LightningModule, stage: str = "val") -> list[dict]:
         """[{caption, fname, tokens, panels: [(title, (words, frames) array)]}] for each example."""
-        from data_modules.audio_io import load_clip
+        from coattn.audio import load_clip
 
         dm = trainer.datamodule
         captions, paths, fnames = self.pairs(trainer, stage)

@@ -4,7 +4,7 @@ Lightning 2.6 does not save them, so a resumed run would draw different dropout 
 uninterrupted one. Saved as tensors and plain values (loadable with ``weights_only=True``) and
 restored when a fit resumes (``load_state_dict`` runs while Lightning restores the training
 state, before the next epoch draws anything). The data order does not depend on them: the
-sampler is seeded per epoch (``data_modules.base.EpochSampler``). Under DDP every rank receives
+sampler is seeded per epoch (``data_modules.datasets.EpochSampler``). Under DDP every rank receives
 rank 0's states; ranks are seeded alike by ``seed_everything`` and consume them in lockstep.
 On by default under ``coattn fit`` (``coattn.safety.SafeLightningCLI``).
 """

@@ -38,7 +38,7 @@ class RetrievalExamples(Callback):
         top_k: clips shown per query.
         every_n_epochs: during fit, log every n-th validation (and the last).
         stages: "val" and/or "test".
-        log_audio: attach ``wandb.Audio`` players (read with ``data_modules.audio_io``).
+        log_audio: attach ``wandb.Audio`` players (read with ``coattn.audio``).
         audio_sample_rate: rate of the attached audio (smaller files than the model's 48 kHz).
         max_audio_seconds: attached audio is cut to this length.
         write_files: JSON + markdown in the run folder: True, False, or None = only without W&B.
@@ -136,7 +136,7 @@ class RetrievalExamples(Callback):
     def _table(self, trainer: Trainer, rows: list[dict], stage: str, epoch: int):
         import wandb
 
-        from data_modules.audio_io import load_audio
+        from coattn.audio import load_audio
 
         paths = self._audio(trainer, stage) if self.log_audio else {}
         cache: dict[str, object] = {}

@@ -17,7 +17,8 @@ import os
 import string
 from pathlib import Path
 
-from data_modules.base import AudioCaptionDataModule, SplitSource, read_csv_rows
+from data_modules.base import AudioCaptionDataModule
+from data_modules.splits import SplitSource, read_csv_rows
 
 COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
 TEMPLATE_FIELDS = {"audiocap_id", "youtube_id", "start_time", "start", "end"}

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from data_modules.base import AudioCaptionDataModule, SplitSource, read_csv_rows, stable_fraction
+from data_modules.base import AudioCaptionDataModule
+from data_modules.splits import SplitSource, read_csv_rows, stable_fraction
 
 log = logging.getLogger("coattn.data")
 

@@ -19,8 +19,8 @@ import soundfile as sf
 import torch
 
 from coattn.data_check import check_split
-from data_modules.base import collate
 from data_modules.clotho import CAPTION_COLUMNS, ClothoDataModule
+from data_modules.datasets import collate
 
 SR = 44100
 GOOD = "good.wav"

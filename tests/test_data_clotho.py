@@ -11,8 +11,9 @@ import torch
 
 from coattn.synth import main as synth
 from data_modules import ClothoDataModule, fit_length, load_audio
-from data_modules.base import EpochSampler, read_csv_rows
 from data_modules.clotho import read_clotho_csv
+from data_modules.datasets import EpochSampler
+from data_modules.splits import read_csv_rows
 
 SHARED = Path(os.environ.get("COATTN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CLOTHO = SHARED / "clotho"

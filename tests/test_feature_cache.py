@@ -13,7 +13,7 @@ from coattn.encoders import ClapAudioEncoder, TinyTextEncoder
 from coattn.feature_cache import FeatureCache, FeatureStore
 from coattn.features import SequenceFeatures
 from data_modules import ClothoDataModule
-from data_modules.base import ClipDataset, collate
+from data_modules.datasets import ClipDataset, collate
 
 
 @pytest.fixture(scope="module")

@@ -169,7 +169,7 @@ def generate(captions: list[str], client: ChatClient, cache: Path, n: int = 5, b
 
 def read_captions(paths: list[str]) -> list[str]:
     """Captions from Clotho CSVs (caption_1..5), AudioCaps CSVs (caption) or text files (one per line)."""
-    from data_modules.base import read_csv_rows
+    from data_modules.splits import read_csv_rows
 
     out: list[str] = []
     for p in paths:

@@ -63,7 +63,7 @@ def _probe_star(args):
 def check_split(dm, name: str, rates: set[int], max_channels: int, silence_dbfs: float, min_seconds: float,
                 workers: int, one_row_per_clip: bool) -> dict:
     """All findings of one split: {"problems": {kind: [finding]}, "stats": {...}}."""
-    from data_modules.base import UnsafePathError, resolve_in_root
+    from data_modules.splits import UnsafePathError, resolve_in_root
 
     source = dm.split_source(name)
     problems: dict[str, list[dict]] = {k: [] for k in SEVERITY}

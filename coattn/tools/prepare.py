@@ -39,7 +39,7 @@ def convert(src: str, dst: str, sample_rate: int = 48000) -> str:
     else:
         import soundfile as sf
 
-        from data_modules.audio_io import AudioReadError, load_audio
+        from coattn.audio import AudioReadError, load_audio
 
         try:
             wave = load_audio(s, sample_rate).numpy()

@@ -8,7 +8,7 @@
    config stored in the checkpoint rebuilds the encoders and the cascade).
 2. The folder is indexed once: every ``.wav``/``.flac``/``.ogg`` file below it (recursive, hidden
    folders skipped) is read with the data modules' audio path (mono, resampled to the encoder's
-   rate, the first ``clip_seconds`` kept, shorter clips repeat-padded: ``data_modules.audio_io``)
+   rate, the first ``clip_seconds`` kept, shorter clips repeat-padded: ``coattn.audio``)
    and encoded; the audio encoder's outputs are stored in the index. A later search re-encodes
    only files that were added or changed (size or modification time) and forgets removed ones.
 3. The query is encoded, the dual encoder shortlists the ``--rerank-k`` best clips (one matrix
@@ -128,7 +128,7 @@ class Index:
 
 def _encode_files(model, audio_dir: Path, rels: list[str], batch_size: int, device: str):
     """Encode ``rels``: (features dict of the readable ones, their rels, {rel: error} of the rest)."""
-    from data_modules.audio_io import AudioReadError, load_clip
+    from coattn.audio import AudioReadError, load_clip
 
     enc = model.audio_encoder
     sr, length = int(enc.sample_rate), int(enc.clip_samples)

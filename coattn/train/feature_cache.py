@@ -143,7 +143,7 @@ class FeatureCache:
 
     # ---- building -----------------------------------------------------------------------------
     def ensure_audio(self, split, comm: _Comm | None = None, name: str | None = None) -> list[str]:
-        """Entry keys of every clip of ``split`` (a ``data_modules.base.Split``), building the missing ones."""
+        """Entry keys of every clip of ``split`` (a ``data_modules.splits.Split``), building the missing ones."""
         from torch.utils.data import DataLoader, Subset
 
         from data_modules.datasets import ClipDataset, collate

@@ -3,6 +3,8 @@
 torchaudio.load needs FFmpeg (absent on our machines), so files are read with soundfile, which
 handles WAV, FLAC and OGG. Every failure becomes an ``AudioReadError`` naming the file, so the
 data modules can substitute silence and count the clip instead of killing a DataLoader worker.
+It lives in the library, free of Lightning, so ``coattn search`` and notebooks read clips exactly
+as training does without importing the data modules.
 """
 from __future__ import annotations
 

@@ -1,0 +1,212 @@
+"""What the loaders iterate: the clip reader, the datasets, ``collate`` and the training sampler.
+
+Separate from the LightningDataModule so that code building its own loader over a ``Split``
+(``coattn.feature_cache``) gets the same items and batches without the Lightning hooks.
+
+The batch contract (every loader yields one dict; the LightningModule relies on it):
+
+    audio         FloatTensor (B, S)   S = sample_rate * clip_seconds (480,000 by default)
+    clip_index    LongTensor  (B,)     index of the clip in its split, stable (split_clips order)
+    fnames        list[str]   (B)      file name as in the caption file
+    captions      list[str]   (C)      train: one per item (C == B); eval: all captions of the
+                                       B clips, flattened in clip order
+    caption_clip  LongTensor  (C,)     clip_index of each caption
+    valid         BoolTensor  (B,)     False where the clip could not be read (audio is silence)
+
+``set_load_audio(False)`` (a model with a feature cache) skips decoding: audio is then (B, 0).
+
+Evaluation loaders visit every clip exactly once, in split order (under DDP Lightning's
+DistributedSampler pads the last batch with repeats: deduplicate on ``clip_index``). Training
+items are (clip, caption) pairs, or clips with a random caption (``train_items="clip"``); the
+sampler keeps the captions of one clip out of the same batch where it can (single process),
+and ``clip_index`` lets the loss mask same-clip pairs wherever it cannot (DDP reshuffles).
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.context
+from typing import Iterator, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from coattn.audio import AudioReadError, load_clip
+from data_modules.splits import Split
+
+log = logging.getLogger("coattn.data")
+
+
+class _SkipCounter:
+    """Clips replaced by silence, counted across DataLoader worker processes (shared memory).
+
+    A ``multiprocessing.Value`` may only travel to processes being started; anywhere else
+    (deepcopy, plain pickling) the copy restarts from zero instead of raising.
+    """
+
+    def __init__(self):
+        self.value = multiprocessing.Value("l", 0)
+
+    def add(self, n: int = 1) -> None:
+        with self.value.get_lock():
+            self.value.value += n
+
+    def get(self) -> int:
+        return int(self.value.value)
+
+    def __getstate__(self):
+        if multiprocessing.context.get_spawning_popen() is not None:
+            return {"value": self.value}
+        return {"value": None}
+
+    def __setstate__(self, state):
+        self.value = state["value"] if state["value"] is not None else multiprocessing.Value("l", 0)
+
+
+class _ClipReader:
+    """Reads one clip, turning any failure into silence + ``valid=False`` (never kills a worker)."""
+
+    def __init__(self, split: Split, sample_rate: int, length: int):
+        self.split, self.sample_rate, self.length = split, sample_rate, length
+        self.skipped = _SkipCounter()
+        self.load_audio = True  # False: a feature cache supplies the audio features (set_load_audio)
+
+    def read(self, clip: int, mode: str, generator: torch.Generator | None) -> tuple[torch.Tensor, bool]:
+        if not self.load_audio:
+            return torch.zeros(0), True
+        try:
+            return load_clip(self.split.paths[clip], self.sample_rate, self.length, mode, generator), True
+        except AudioReadError as exc:
+            self.skipped.add()
+            log.warning("%s split: clip %d replaced by silence (%d so far; `coattn data-check` lists them all): %s",
+                        self.split.name, clip, self.skipped.get(), exc)
+            return torch.zeros(self.length), False
+
+
+class TrainDataset(Dataset):
+    """Training items; indexed by (item, draw) pairs from ``EpochSampler``.
+
+    The draw (a 62-bit integer chosen in the main process) seeds the crop, the caption choice
+    and the paraphrase choice, so an epoch is reproducible whatever the number of workers.
+    """
+
+    def __init__(self, split: Split, sample_rate: int, length: int, items: Literal["caption", "clip"] = "caption",
+                 crop: str = "random", paraphrases: dict[str, list[str]] | None = None, augment_prob: float = 0.0):
+        self.split, self.items_mode, self.crop = split, items, crop
+        self.reader = _ClipReader(split, sample_rate, length)
+        self.paraphrases, self.augment_prob = paraphrases or {}, augment_prob
+        if items == "caption":
+            self.items = [(c, k) for c in range(len(split)) for k in range(len(split.captions[c]))]
+        elif items == "clip":
+            self.items = [(c, -1) for c in range(len(split))]
+        else:
+            raise ValueError(f"train_items must be 'caption' or 'clip', got {items!r}")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def groups(self) -> list[list[int]]:
+        """Item indices per clip (what the sampler keeps apart within a batch)."""
+        out: list[list[int]] = [[] for _ in range(len(self.split))]
+        for i, (c, _) in enumerate(self.items):
+            out[c].append(i)
+        return out
+
+    def caption_for(self, index: int, rng: np.random.Generator) -> str:
+        clip, k = self.items[index]
+        caps = self.split.captions[clip]
+        text = caps[k] if k >= 0 else caps[int(rng.integers(len(caps)))]
+        if self.augment_prob > 0 and rng.random() < self.augment_prob:
+            options = self.paraphrases.get(text)
+            if options:
+                text = options[int(rng.integers(len(options)))]
+        return text
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict:
+        index, draw = key if isinstance(key, tuple) else (key, key)
+        clip = self.items[index][0]
+        rng = np.random.default_rng(draw)
+        caption = self.caption_for(index, rng)
+        generator = torch.Generator().manual_seed(int(draw))
+        audio, ok = self.reader.read(clip, self.crop, generator)
+        return {"audio": audio, "clip_index": clip, "fname": self.split.fnames[clip], "captions": [caption],
+                "valid": ok}
+
+
+class ClipDataset(Dataset):
+    """Evaluation items: one per clip with all its captions, deterministic crop."""
+
+    def __init__(self, split: Split, sample_rate: int, length: int, crop: str = "start"):
+        self.split, self.crop = split, crop
+        self.reader = _ClipReader(split, sample_rate, length)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, clip: int) -> dict:
+        audio, ok = self.reader.read(clip, self.crop, None)
+        return {"audio": audio, "clip_index": clip, "fname": self.split.fnames[clip],
+                "captions": list(self.split.captions[clip]), "valid": ok}
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack audio; flatten captions with the clip each one belongs to."""
+    return {
+        "audio": torch.stack([it["audio"] for it in items]),
+        "clip_index": torch.tensor([it["clip_index"] for it in items], dtype=torch.long),
+        "fnames": [it["fname"] for it in items],
+        "captions": [c for it in items for c in it["captions"]],
+        "caption_clip": torch.tensor([it["clip_index"] for it in items for _ in it["captions"]], dtype=torch.long),
+        "valid": torch.tensor([it["valid"] for it in items], dtype=torch.bool),
+    }
+
+
+class EpochSampler(Sampler):
+    """Seeded shuffle that yields (item, draw) pairs and keeps one clip's items out of a batch.
+
+    An epoch is a sequence of rounds; round r holds the r-th (shuffled) caption of every clip
+    in a fresh random clip order, so a batch inside a round never holds two captions of one clip.
+    At a round boundary the head of the next round is swapped so that it shares no clip with
+    the tail of the previous one (possible when there are >= 2 batches of clips). Lightning
+    calls ``set_epoch`` before every epoch, so resuming reproduces the order.
+    """
+
+    def __init__(self, groups: list[list[int]], batch_size: int, seed: int = 0):
+        self.groups, self.batch_size, self.seed, self.epoch = groups, batch_size, seed, 0
+        self.n = sum(len(g) for g in groups)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def order(self, epoch: int) -> list[int]:
+        rng = np.random.default_rng([self.seed, epoch])
+        per_clip = [list(rng.permutation(g)) for g in self.groups]
+        rounds = max((len(g) for g in self.groups), default=0)
+        B = self.batch_size
+        seq: list[int] = []
+        tail: set[int] = set()
+        for r in range(rounds):
+            clips = [c for c, g in enumerate(self.groups) if len(g) > r]
+            perm = [clips[i] for i in rng.permutation(len(clips))]
+            if tail and len(perm) >= 2 * B:
+                spare = (j for j in range(B, len(perm)) if perm[j] not in tail)
+                for i in range(B):
+                    if perm[i] in tail:
+                        j = next(spare, None)
+                        if j is None:
+                            break
+                        perm[i], perm[j] = perm[j], perm[i]
+            seq.extend(per_clip[c][r] for c in perm)
+            tail = set(perm[-B:])
+        return seq
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        self.epoch += 1  # without set_epoch (plain loops) the next pass still differs
+        seq = self.order(epoch)
+        draws = np.random.default_rng([self.seed, epoch, 1]).integers(0, 2 ** 62, size=len(seq))
+        return iter(zip(seq, (int(d) for d in draws)))

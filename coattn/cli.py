@@ -20,7 +20,7 @@ TOOLS = {
     "data-check": "coattn.data_check:main",
     "prepare": "coattn.prepare:main",
     "search": "coattn.search:main",
-    "sweep": "coattn.sweep:main",
+    "sweep": "coattn.tools.sweep:main",
 }
 
 

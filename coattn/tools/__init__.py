@@ -1,0 +1,1 @@
+"""Command-line tools built on the library and the app: search, synth, augment, data-check, prepare, sweep."""

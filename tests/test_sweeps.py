@@ -7,8 +7,8 @@ import csv
 import pytest
 import yaml
 
-from coattn import sweep as sw
 from coattn.cli import main
+from coattn.tools import sweep as sw
 from tests.conftest import REPO
 from tests.test_cli import tiny_args
 

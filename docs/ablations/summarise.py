@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from coattn import sweep as sw
+from coattn.tools import sweep as sw
 
 DOCS = Path(__file__).resolve().parent
 ORDER = {"none": 0, "single": 1, "stacking": 2, "iterating": 3}

@@ -47,16 +47,18 @@ def make_module(args, cache: str | None, cascade: str):
 
     from coattn.coattention import CoAttentionCascade
     from coattn.encoders import ClapAudioEncoder, TinyTextEncoder
-    from coattn.module import CoAttnRetrieval
+    from coattn.train.evaluation import Evaluation
+    from coattn.train.module import CoAttnRetrieval
+    from coattn.train.optim import Optim
 
     pl.seed_everything(0, verbose=False)  # same weights in every run: one cache key
     torch.set_num_threads(args.threads)
     return CoAttnRetrieval(
-        ClapAudioEncoder("HTSAT-mini", freeze=True),
-        TinyTextEncoder(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256, vocab_size=1000,
-                        max_length=32, freeze=True),
-        CoAttentionCascade(kind=cascade, depth=2, width=128, heads=4, ffn_dim=256, dropout=0.1),
-        embed_dim=128, lr=1e-3, warmup_steps=1, bootstrap=0, feature_cache=cache)
+        audio_encoder=ClapAudioEncoder("HTSAT-mini", freeze=True),
+        text_encoder=TinyTextEncoder(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
+                                     vocab_size=1000, max_length=32, freeze=True),
+        cascade=CoAttentionCascade(kind=cascade, depth=2, width=128, heads=4, ffn_dim=256, dropout=0.1),
+        embed_dim=128, optim=Optim(lr=1e-3, warmup_steps=1), evaluation=Evaluation(bootstrap=0), feature_cache=cache)
 
 
 def run_epoch(args, root: Path, cache: str | None, cascade: str) -> float:
@@ -90,7 +92,7 @@ def main() -> None:
 
     import torch
 
-    from coattn.synth import synthesize
+    from coattn.tools.synth import synthesize
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         src, dst = base / "src", base / "prepared"
         src.mkdir(parents=True, exist_ok=True)
         paths = make_clips(src, a.clips)
-        from coattn.prepare import convert
+        from coattn.tools.prepare import convert
 
         t0 = time.perf_counter()
         for s in paths:

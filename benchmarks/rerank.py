@@ -37,7 +37,7 @@ N_CLIPS = 1045
 def ensure_data(root: Path) -> None:
     if (root / "clotho_captions_evaluation.csv").is_file():
         return
-    from coattn.synth import main as synth
+    from coattn.tools.synth import main as synth
     print(f"synthesising the evaluation set in {root} (1,045 clips of 2 s) ...", flush=True)
     assert synth([str(root), "--seed", "0", "--n-train", "0", "--n-val", "0", "--n-eval", str(N_CLIPS),
                   "--seconds", "2"]) == 0
@@ -46,7 +46,7 @@ def ensure_data(root: Path) -> None:
 def encode(model, root: Path, ckpt: Path, batch: int = 32) -> dict:
     """Encoder outputs of every clip and caption of the evaluation split (cached on disk)."""
     from coattn.audio import load_clip
-    from coattn.encoders.clap_checkpoint import weights_digest
+    from coattn.io import weights_digest
     from coattn.features import SequenceFeatures
     from data_modules import ClothoDataModule
 
@@ -99,25 +99,25 @@ def main(argv=None) -> int:
               "experiments/demo.yaml`), or pass --ckpt", file=sys.stderr)
         return 2
 
-    from coattn.rerank import shortlist_mask, top_k_stable
-    from coattn.scoring import score_matrix, score_pair_list, score_rows
-    from coattn.search import load_model
+    from coattn.metrics import topk
+    from coattn.model import CoAttnModel
+    from coattn.retrieval.rerank import shortlist_mask
+    from coattn.retrieval.tiling import score_matrix, score_pair_list, score_rows
 
     root = Path(args.data)
     ensure_data(root)
-    model = load_model(ckpt)
+    model = CoAttnModel.from_checkpoint(ckpt)
     f = encode(model, root, ckpt)
     audio, text, caption_clip = f["audio"], f["text"], f["caption_clip"]
     n, m = len(text), len(audio)
     with torch.no_grad():
         t0 = time.perf_counter()
-        dual = model.dual_embed_text(text) @ model.dual_embed_audio(audio).t()  # (N, M)
+        dual = model.dual_scores(audio, text)  # (N, M)
         t_dual = time.perf_counter() - t0
         pt, pa = model.prepare_text(text), model.prepare_audio(audio)
     g = torch.Generator().manual_seed(args.seed)
     sub = torch.randperm(n, generator=g)[:args.captions].sort().values
-    from coattn.coattention import PreparedText
-    pt_sub = PreparedText(pt.states[sub], pt.mask[sub], pt.pooled[sub] if pt.pooled is not None else None)
+    pt_sub = pt.index(sub)
 
     t0 = time.perf_counter()
     exact = score_matrix(model, pt_sub, pa, args.tile_pairs)
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         passes = int(mask.sum())
         ms = mask[sub]
         t0 = time.perf_counter()
-        cols = top_k_stable(dual[sub], k)
+        cols = topk(dual[sub], k)
         s_rows = score_rows(model, pt_sub, pa, cols, tile_pairs=args.tile_pairs)
         rescored = torch.zeros(len(sub), m)
         rescored.scatter_(1, cols, s_rows)

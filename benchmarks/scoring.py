@@ -12,8 +12,8 @@ out the work it hoists out of the pair loop). On CPU the Clotho-size time (5,225
 is extrapolated from a subsample, and says so.
 
 Rows: ``loop`` = ``model.score_pairs`` called one pair at a time (the naive Python loop);
-``tiled`` = the previous ``score_matrix`` (``model.score_grid`` per tile, no hoisting);
-``engine`` = ``coattn.scoring.score_matrix``.
+``tiled`` = ``model.score_grid`` per tile (the per-clip work redone for every caption tile);
+``engine`` = ``coattn.retrieval.score_matrix``.
 """
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
         print(f"note: --dtype {args.dtype} applies on CUDA only; the CPU engine runs in fp32")
         args.dtype = "fp32"
 
-    from coattn.scoring import executed_flops_per_pair, score_matrix, tile_shape
+    from coattn.retrieval.tiling import executed_flops_per_pair, score_matrix, tile_shape
 
     device = torch.device(args.device)
     if args.tile_pairs is None:
@@ -164,13 +164,11 @@ def main(argv=None) -> int:
     mm = matmul_gflops(device, mm_dtype)
 
     # warm-up (allocator, kernels) on a small tile
-    score_matrix(model, type(text)(text.states[:1], text.mask[:1], text.pooled[:1]), audio, args.tile_pairs,
-                 precision, progress=False)
+    score_matrix(model, text.index(slice(0, 1)), audio, args.tile_pairs, precision, progress=False)
     pairs = n * m
 
     # the previous engine: model.score_grid per tile, nothing hoisted (on a few caption rows)
-    from coattn.coattention import PreparedText
-    from coattn.scoring import autocast
+    from coattn.retrieval.tiling import autocast
     tn, tm = tile_shape(n, m, args.tile_pairs)
     n_tiled = min(n, max(tn, 2))
 
@@ -178,9 +176,9 @@ def main(argv=None) -> int:
         with torch.no_grad(), autocast(device, precision):
             for i0 in range(0, n_tiled, tn):
                 i1 = min(n_tiled, i0 + tn)
-                sub = PreparedText(text.states[i0:i1], text.mask[i0:i1], text.pooled[i0:i1])
+                sub = text.index(slice(i0, i1))
                 for j0 in range(0, m, tm):
-                    model.score_grid(sub, (audio[0][j0:j0 + tm], audio[1][j0:j0 + tm]))
+                    model.score_grid(sub, audio.index(slice(j0, j0 + tm)))
 
     # the per-pair loop
     k = args.loop_pairs
@@ -223,7 +221,7 @@ def main(argv=None) -> int:
     print("| path | pairs timed | pairs/s | x loop | GFLOP/s executed | % of matmul | naive-equivalent GFLOP/s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, cnt, pps, fpp in (("per-pair loop", k, loop_pps, naive_fpp),
-                                ("tiled, no hoisting", n_tiled * m, tiled_pps, naive_fpp),
+                                ("tiled, score_grid per tile", n_tiled * m, tiled_pps, naive_fpp),
                                 ("engine", pairs, eng_pps, exec_fpp)):
         g = pps * fpp / 1e9
         print(f"| {name} | {cnt:,} | {pps:,.1f} | {pps / loop_pps:.1f} | {g:.1f} | {100 * g / mm:.0f} % | "

@@ -4,12 +4,12 @@ Lightning 2.6.6's ``ModelCheckpoint(monitor=..., save_top_k=k, save_last=True)``
 ``last.ckpt`` only when a top-k checkpoint was saved at the same step ("Only save last checkpoint
 if a checkpoint was actually saved in this step"): once the validation metric stops improving,
 ``last.ckpt`` goes stale and ``--ckpt_path last`` silently resumes from an older epoch. This
-callback, added by ``coattn.safety.SafeLightningCLI`` whenever a ``ModelCheckpoint`` has
+callback, added by the CLI (``coattn.train.cli``) whenever a ``ModelCheckpoint`` has
 ``save_last``, writes that callback's ``last.ckpt`` at the end of every epoch it did not.
 
 It is a ``Checkpoint`` so that Lightning orders it after the ``ModelCheckpoint`` callbacks (their
 top-k decision comes first). The write itself goes through the trainer's CheckpointIO
-(``coattn.safety.SafeCheckpointIO``: temp file + fsync + ``os.replace``).
+(``coattn.train.checkpoints.SafeCheckpointIO``: temp file + fsync + ``os.replace``).
 """
 from __future__ import annotations
 

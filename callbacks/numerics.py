@@ -8,12 +8,12 @@
 * ``on_before_backward``: the loss of the step. If it is NaN or Inf (on any rank under DDP: the
   decision is all-reduced, so no rank is left waiting in a collective), raise ``NonFiniteError``
   naming the global step, epoch, batch and every loss term (``train/pair_loss``,
-  ``train/dual_loss``... from ``CoAttnRetrieval.last_train_losses``) with its value.
+  ``train/dual_loss``... from the module's ``last_losses``, as ``CoAttnRetrieval`` keeps them) with its value.
 * ``on_before_optimizer_step`` (``check_grads``): a finite loss can still give Inf gradients;
   the first parameters with non-finite gradients are named.
 
 Both stop *before* ``optimizer.step()``, so the weights stay those of the previous step and no
-checkpoint of a NaN model is ever written (``coattn.safety.SafeCheckpointIO`` refuses that as well);
+checkpoint of a NaN model is ever written (``coattn.train.checkpoints.SafeCheckpointIO`` refuses that as well);
 ``last.ckpt`` is the last good state. Gradient clipping is ``trainer.gradient_clip_val``.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from coattn.safety import NonFiniteError
+from coattn.errors import NonFiniteError
 
 
 def _fmt(v: Any) -> str:
@@ -58,7 +58,7 @@ class NonFiniteGuard(Callback):
         bad = not bool(torch.isfinite(loss.detach()).all())
         if not self._any(trainer, bad):
             return
-        terms = getattr(pl_module, "last_train_losses", None) or {"loss": loss}
+        terms = getattr(pl_module, "last_losses", None) or {"loss": loss}  # any LightningModule may host this
         values = ", ".join(f"train/{k} = {_fmt(v)}" for k, v in terms.items())
         bad_terms = [f"train/{k}" for k, v in terms.items()
                      if isinstance(v, torch.Tensor) and not bool(torch.isfinite(v).all())]

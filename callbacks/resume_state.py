@@ -6,7 +6,7 @@ restored when a fit resumes (``load_state_dict`` runs while Lightning restores t
 state, before the next epoch draws anything). The data order does not depend on them: the
 sampler is seeded per epoch (``data_modules.datasets.EpochSampler``). Under DDP every rank receives
 rank 0's states; ranks are seeded alike by ``seed_everything`` and consume them in lockstep.
-On by default under ``coattn fit`` (``coattn.safety.SafeLightningCLI``).
+On by default under ``coattn fit`` (``coattn.train.cli``).
 """
 from __future__ import annotations
 

@@ -5,9 +5,10 @@ and the rank of the true clip. Logged as a W&B table (``<stage>/retrieval_exampl
 ``wandb.Audio`` players, and/or written to ``<run dir>/retrieval_examples/<stage>_epoch<NNN>.{json,md}``
 (by default: files when no WandbLogger is set).
 
-It reads the score matrix the module computed (``CoAttnRetrieval.last_eval``: stage, scores,
-captions, fnames, caption_clip) in ``on_validation_end`` / ``on_test_end``, which run after the
-module's epoch-end hook, so it costs no extra scoring. Queries are captions of the evaluated
+It reads the score matrix the module computed (``CoAttnRetrieval.last_evaluation``, a
+``coattn.results.EvaluationResult``: stage, scores, captions, fnames, caption_clip) in
+``on_validation_end`` / ``on_test_end``, which run after the module's epoch-end hook, so it costs
+no extra scoring. Queries are captions of the evaluated
 split: ``queries`` (exact caption texts; unknown ones are warned about and skipped) or, by
 default, the first ``num_queries`` captions (distinct clips) of the split.
 
@@ -27,6 +28,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
 from callbacks.common import due, run_dir, taken_steps, wandb_loggers, want_files
+from coattn.metrics import topk
+from coattn.results import EvaluationResult
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +85,12 @@ class RetrievalExamples(Callback):
                 break
         return out
 
-    def examples(self, ev: dict) -> list[dict]:
+    def examples(self, ev: EvaluationResult) -> list[dict]:
         scores, captions, fnames, caption_clip = ev["scores"], ev["captions"], ev["fnames"], ev["caption_clip"]
         rows = []
         for qi in self.query_indices(captions, caption_clip):
             s = scores[qi]
-            order = torch.sort(s, descending=True, stable=True).indices  # ties: lower index first, as the metrics
+            order = topk(s[None], len(s))[0]  # ties: lower index first, as the metrics
             true = int(caption_clip[qi])
             true_rank = int((order == true).nonzero()[0, 0]) + 1
             top = [{"rank": r + 1, "fname": fnames[j], "score": float(s[j]), "hit": j == true}
@@ -96,8 +99,8 @@ class RetrievalExamples(Callback):
         return rows
 
     def _report(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        ev = getattr(pl_module, "last_eval", None)
-        if stage not in self.stages or not trainer.is_global_zero or not ev or ev.get("stage") != stage:
+        ev: EvaluationResult | None = getattr(pl_module, "last_evaluation", None)  # any module may host this
+        if stage not in self.stages or not trainer.is_global_zero or ev is None or ev.stage != stage:
             return
         rows = self.examples(ev)
         if not rows:

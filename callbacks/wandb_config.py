@@ -10,7 +10,7 @@ What it does at the start of every fit/validate/test (rank 0):
   ``coattn_config.yaml`` and ``run_info.json`` into the run's files (uploaded with the run;
   offline they sit in ``wandb/offline-run-*/files/``);
 * stores the W&B run id in every checkpoint (``checkpoint["wandb_run_id"]``), so that
-  ``coattn fit --ckpt_path last.ckpt`` continues the same W&B run (``coattn.runs``).
+  ``coattn fit --ckpt_path last.ckpt`` continues the same W&B run (``coattn.train.runs``).
 
 Values of secret-looking keys (api_key, token, password...) are replaced before anything is
 written; W&B credentials only ever come from the environment or ``wandb login``.
@@ -28,7 +28,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from typing_extensions import override
 
 from callbacks.common import wandb_loggers
-from coattn.runs import redact, run_info
+from coattn.provenance import redact, run_info
 
 CONFIG_FILENAME = "coattn_config.yaml"
 

@@ -12,8 +12,9 @@
     text_features   SequenceFeatures | None   a frozen text encoder's cached output (feature cache)
 
 ``data_modules``' collate builds it; Lightning moves it to the device field by field (dataclasses
-are collections to ``apply_to_collection``). ``batch["audio"]`` works as well as ``batch.audio``
-(scripts written against the earlier dict batch).
+are collections to ``apply_to_collection``). It also reads as a mapping of its set fields
+(``batch["audio"]``, ``"audio_features" in batch``, ``set(batch)``), for code written against the
+earlier dict batch; ``len(batch)`` is the number of clips B.
 """
 from __future__ import annotations
 
@@ -44,6 +45,15 @@ class Batch:
         if key not in self.__dataclass_fields__:
             raise KeyError(key)
         return getattr(self, key)
+
+    def __contains__(self, key: str) -> bool:  # "audio_features" in batch: the field is set
+        return getattr(self, key, None) is not None
+
+    def __iter__(self):  # the names of the set fields, as the keys of the earlier dict batch
+        return (f for f in self.__dataclass_fields__ if getattr(self, f) is not None)
+
+    def keys(self) -> list[str]:
+        return list(self)
 
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key, default)

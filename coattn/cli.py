@@ -13,7 +13,6 @@ Lightning. Errors meant for people (``coattn.errors.UserFacingError``) print one
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 # name -> "module:function"; each takes the remaining argv and returns an exit code.
@@ -36,17 +35,9 @@ def main(args: list[str] | None = None) -> int:
         print(__doc__.strip() + "\n\nLightningCLI subcommands: fit, validate, test, predict "
               "(see `coattn fit --help`).\nTools: " + ", ".join(TOOLS))
         return 2 if not argv else 0
-    from coattn.errors import UserFacingError
-    from coattn.train.cli import build_cli
+    from coattn.train.cli import run
 
-    try:
-        build_cli(None if args is None else argv)  # None: LightningCLI reads sys.argv (DDP relaunches)
-    except UserFacingError as exc:  # bad checkpoint, NaN loss...: the message says it all
-        if os.environ.get("COATTN_DEBUG"):
-            raise
-        print(f"coattn: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run(None if args is None else argv)  # None: LightningCLI reads sys.argv (DDP relaunches)
 
 
 if __name__ == "__main__":

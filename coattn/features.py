@@ -68,6 +68,11 @@ class PreparedText:
     def __len__(self) -> int:
         return self.states.shape[0]
 
+    def index(self, idx) -> "PreparedText":
+        """The captions ``idx`` (an index tensor or a slice)."""
+        pick = lambda t: None if t is None else t[idx]  # noqa: E731
+        return PreparedText(self.states[idx], self.mask[idx], pick(self.pooled), pick(self.embedding))
+
 
 class PreparedAudio(NamedTuple):
     """Per-clip input of the pair score: the audio frames at the cascade's width d, (M, T, d), and
@@ -78,3 +83,7 @@ class PreparedAudio(NamedTuple):
 
     def __len__(self) -> int:  # clips, not the tuple's two fields
         return self.states.shape[0]
+
+    def index(self, idx) -> "PreparedAudio":
+        """The clips ``idx`` (an index tensor or a slice)."""
+        return PreparedAudio(self.states[idx], self.mask[idx])

@@ -30,14 +30,15 @@ import types
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from coattn.errors import CheckpointError, CheckpointNotFoundError
 
 PARTIAL_PREFIX = ".coattn-"
 PARTIAL_SUFFIX = ".partial"
+
+if TYPE_CHECKING:  # torch is imported where it is used: `coattn synth` writes files without loading it
+    import torch
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -83,6 +84,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through ``atomic_write`` (temp files ``.coattn-ckpt-<pid>-*.partial``); creates the
     folder and first sweeps partial files that killed writers left there."""
+    import torch
+
     folder = os.path.dirname(os.path.abspath(os.fspath(path)))
     os.makedirs(folder, exist_ok=True)
     clean_partials(folder)
@@ -125,6 +128,7 @@ def _restricted_pickle() -> types.ModuleType:
     constructors), built on Python's full unpickler so that every pickle protocol works.
     """
     import numpy as np
+    import torch
 
     allowed: dict[str, object] = {}
     try:
@@ -173,6 +177,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
     ``numpy_scalars``: also read files that hold numpy scalars/arrays (LAION-CLAP's), through the
     allowlist unpickler. ``hint``: appended to every error (where to get a good file).
     """
+    import torch
+
     p, name = Path(path).expanduser(), os.fspath(path)
     tail = f" {hint}" if hint else ""
     if not p.is_file():
@@ -209,6 +215,8 @@ def file_identity(path: str | os.PathLike) -> str:
 
 def weights_digest(module: torch.nn.Module) -> str:
     """Short SHA-1 of every tensor in ``module.state_dict()``: the identity of (e.g. randomly initialised) weights."""
+    import torch
+
     h = hashlib.sha1()
     for k, v in module.state_dict().items():
         h.update(k.encode())

@@ -43,6 +43,11 @@ class EvaluationResult:
     caption_clip: Tensor  # (N,) row of each caption's clip
     metrics: dict[str, float]
 
+    def __getitem__(self, key: str) -> Any:  # ev["scores"], as for coattn.batch.Batch
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
 
 def _jsonable(x: Any) -> Any:
     """Tensors, numpy values, paths, tuples -> plain JSON; NaN/inf -> None (strict JSON)."""

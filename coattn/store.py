@@ -4,7 +4,7 @@ behind the training feature cache (coattn/train/feature_cache.py) and ``coattn s
 Layout of a store folder: ``meta.json`` (the readable key of what is stored, e.g. which encoder)
 and shards ``NAME.{states,mask,pooled,valid}.npy`` + ``NAME.keys.json``. Each part is written
 atomically and the keys file last: a shard without it is incomplete (an interrupted build) and is
-ignored. Shards are append-only; ``prune`` removes those no live key points to.
+ignored. Shards are append-only; ``compact`` drops the entries no live key points to.
 
 Damage heals: a shard whose files cannot be read or disagree in length (a truncated copy, a full
 disk, a binary ``keys.json``) is reported in one warning naming the file and removed, so its
@@ -27,7 +27,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from coattn.io import atomic_write, atomic_write_text, weights_digest
 log = logging.getLogger(__name__)
 
 PARTS = ("states", "mask", "pooled", "valid")
+SHARD_ROWS = 2048  # entries per shard: a Clotho clip is 32 x 768 floats = 96 KB, so ~200 MB per shard
 
 
 def sha1_of(obj) -> str:
@@ -137,6 +138,27 @@ class FeatureStore:
         self.refresh()
         return name
 
+    def write_stream(self, batches: Iterable[tuple[Sequence[str], SequenceFeatures, torch.Tensor]],
+                     shard_rows: int = SHARD_ROWS) -> int:
+        """Consume (keys, features, valid) batches and write a shard every ``shard_rows`` rows: bounded
+        memory, and an interrupted build keeps its finished shards. Returns the rows written."""
+        buf: list[tuple[Sequence[str], SequenceFeatures, torch.Tensor]] = []
+        held = total = 0
+
+        def flush() -> None:
+            self.write([k for b in buf for k in b[0]], SequenceFeatures.cat([b[1] for b in buf]),
+                       torch.cat([b[2] for b in buf]))
+
+        for keys, feats, valid in batches:
+            buf.append((list(keys), feats.to("cpu"), valid.cpu()))
+            held += len(feats)
+            if held >= shard_rows:
+                flush()
+                total, held, buf = total + held, 0, []
+        if buf:
+            flush()
+        return total + held
+
     def get(self, keys: Sequence[str]) -> tuple[SequenceFeatures, torch.Tensor]:
         """Features and valid flags of ``keys`` (KeyError naming the first missing key)."""
         try:
@@ -170,16 +192,26 @@ class FeatureStore:
         feats = SequenceFeatures(torch.from_numpy(states), torch.from_numpy(mask), torch.from_numpy(pooled))
         return feats, torch.from_numpy(valid)
 
-    def prune(self, live: set[str]) -> int:
-        """Remove the shards none of whose keys is in ``live`` (entries of deleted or changed files)."""
-        dead = [name for name, keys in self._keys.items() if not any(k in live for k in keys)]
-        for name in dead:
+    def compact(self, live: set[str]) -> int:
+        """Drop every entry whose key is not in ``live`` (files deleted or changed since): a shard
+        without live keys is deleted, a shard with some is rewritten with its live rows only.
+        Returns the number of entries dropped."""
+        dropped = 0
+        for name, keys in list(self._keys.items()):
+            dead = [k for k in keys if k not in live]
+            if not dead:
+                continue
+            keep = list(dict.fromkeys(k for k in keys if k in live and self._index.get(k, (None,))[0] == name))
+            if keep:
+                feats, valid = self.get(keep)
+                self.write(keep, feats, valid)
             for f in self.root.glob(f"{name}.*"):
                 f.unlink(missing_ok=True)
             del self._shards[name], self._keys[name]
-        if dead:
+            dropped += len(dead)
+        if dropped:
             self._index = {}
             for name, keys in self._keys.items():
                 for i, k in enumerate(keys):
                     self._index.setdefault(k, (name, i))
-        return len(dead)
+        return dropped

@@ -176,7 +176,7 @@ class AudioCaptionDataModule(pl.LightningDataModule):
 
     def set_load_audio(self, enabled: bool) -> None:
         """Decode clips (default) or yield ``audio`` of shape (B, 0): the model sets False when its
-        feature cache supplies the audio features (``coattn.feature_cache``). Call before iterating."""
+        feature cache supplies the audio features (``coattn.train.feature_cache``). Call before iterating."""
         self._load_audio = enabled
         for ds in self._datasets.values():
             ds.reader.load_audio = enabled

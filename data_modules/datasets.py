@@ -1,19 +1,11 @@
 """What the loaders iterate: the clip reader, the datasets, ``collate`` and the training sampler.
 
 Separate from the LightningDataModule so that code building its own loader over a ``Split``
-(``coattn.feature_cache``) gets the same items and batches without the Lightning hooks.
+(``coattn.train.feature_cache``) gets the same items and batches without the Lightning hooks.
 
-The batch contract (every loader yields one dict; the LightningModule relies on it):
-
-    audio         FloatTensor (B, S)   S = sample_rate * clip_seconds (480,000 by default)
-    clip_index    LongTensor  (B,)     index of the clip in its split, stable (split_clips order)
-    fnames        list[str]   (B)      file name as in the caption file
-    captions      list[str]   (C)      train: one per item (C == B); eval: all captions of the
-                                       B clips, flattened in clip order
-    caption_clip  LongTensor  (C,)     clip_index of each caption
-    valid         BoolTensor  (B,)     False where the clip could not be read (audio is silence)
-
-``set_load_audio(False)`` (a model with a feature cache) skips decoding: audio is then (B, 0).
+Every loader yields a ``coattn.batch.Batch`` (its fields, shapes and meaning are documented
+there; the LightningModule reads nothing else). ``set_load_audio(False)`` (a model with a feature
+cache) skips decoding: ``audio`` is then (B, 0).
 
 Evaluation loaders visit every clip exactly once, in split order (under DDP Lightning's
 DistributedSampler pads the last batch with repeats: deduplicate on ``clip_index``). Training
@@ -33,6 +25,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from coattn.audio import AudioReadError, load_clip
+from coattn.batch import Batch
 from data_modules.splits import Split
 
 log = logging.getLogger("coattn.data")
@@ -150,16 +143,16 @@ class ClipDataset(Dataset):
                 "captions": list(self.split.captions[clip]), "valid": ok}
 
 
-def collate(items: list[dict]) -> dict:
+def collate(items: list[dict]) -> Batch:
     """Stack audio; flatten captions with the clip each one belongs to."""
-    return {
-        "audio": torch.stack([it["audio"] for it in items]),
-        "clip_index": torch.tensor([it["clip_index"] for it in items], dtype=torch.long),
-        "fnames": [it["fname"] for it in items],
-        "captions": [c for it in items for c in it["captions"]],
-        "caption_clip": torch.tensor([it["clip_index"] for it in items for _ in it["captions"]], dtype=torch.long),
-        "valid": torch.tensor([it["valid"] for it in items], dtype=torch.bool),
-    }
+    return Batch(
+        audio=torch.stack([it["audio"] for it in items]),
+        clip_index=torch.tensor([it["clip_index"] for it in items], dtype=torch.long),
+        fnames=[it["fname"] for it in items],
+        captions=[c for it in items for c in it["captions"]],
+        caption_clip=torch.tensor([it["clip_index"] for it in items for _ in it["captions"]], dtype=torch.long),
+        valid=torch.tensor([it["valid"] for it in items], dtype=torch.bool),
+    )
 
 
 class EpochSampler(Sampler):

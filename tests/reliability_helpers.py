@@ -19,8 +19,8 @@ DEMO = str(REPO / "experiments" / "demo.yaml")
 def tiny_fit_args(root, epochs: int = 1, steps: int = 2, freeze_audio: bool = True) -> list[str]:
     """The demo config shrunk: 4-item batches, no workers, `steps` steps per epoch, HTS-AT frozen (fast)."""
     return ["--config", DEMO, f"--data.init_args.root={root}", "--data.init_args.batch_size=4",
-            "--data.init_args.eval_batch_size=4", "--data.init_args.num_workers=0", "--model.bootstrap=50",
-            f"--model.audio_encoder.init_args.freeze={str(freeze_audio).lower()}", "--model.warmup_steps=2",
+            "--data.init_args.eval_batch_size=4", "--data.init_args.num_workers=0", "--model.evaluation.bootstrap=50",
+            f"--model.audio_encoder.init_args.freeze={str(freeze_audio).lower()}", "--model.optim.warmup_steps=2",
             f"--trainer.max_epochs={epochs}", f"--trainer.limit_train_batches={steps}",
             "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1", "--trainer.accelerator=cpu"]
 

@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from coattn.augment import ChatClient, generate, main, parse_paraphrases
-from coattn.synth import main as synth
+from coattn.tools.augment import ChatClient, generate, main, parse_paraphrases
+from coattn.tools.synth import main as synth
 from data_modules import ClothoDataModule
 from data_modules.augmentation import load_augmentation_file, ngram_embed, read_paraphrase_jsonl, select_top_k
 

@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from coattn.data_check import check_split
+from coattn.tools.data_check import check_split
 from data_modules.clotho import CAPTION_COLUMNS, ClothoDataModule
 from data_modules.datasets import collate
 
@@ -297,7 +297,7 @@ def test_nonexistent_checkpoint(tiny_clotho, tmp_path, monkeypatch, capsys):
 @pytest.fixture(scope="module")
 def iterating_state(tiny_clotho):
     """The state of a tiny iterating model built by the CLI, its hyper-parameters and tokenizer state."""
-    from coattn.cli import build_cli
+    from coattn.train.cli import build_cli
 
     cli = build_cli(tiny_fit_args(tiny_clotho), run=False)
     enc = cli.model.model.text_encoder
@@ -328,7 +328,7 @@ def test_checkpoint_hparams_win_over_the_yaml(iterating_state, tiny_clotho, tmp_
     monkeypatch.chdir(tmp_path)
     torch.save(iterating_state, tmp_path / "iterating.ckpt")
     rc = main(["test", *tiny_fit_args(tiny_clotho), "--model.cascade.init_args.kind=stacking",
-               "--model.bootstrap=0", "--ckpt_path", "iterating.ckpt"])
+               "--model.evaluation.bootstrap=0", "--ckpt_path", "iterating.ckpt"])
     err = capsys.readouterr().err
     assert rc == 0
     assert "model.cascade.init_args.kind: 'iterating' (config: 'stacking')" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from callbacks import AttentionMaps, LogFriendlyProgressBar, RetrievalExamples
+from coattn.features import PreparedAudio
 from coattn.coattention import CoAttentionCascade, MultiHeadAttention, capture_attention
 
 
@@ -20,9 +21,9 @@ def test_capture_attention_records_guided_weights_and_leaves_the_output_unchange
     c, text, tmask, audio, amask = cascade_inputs("stacking")
     idx = torch.arange(3)
     with torch.no_grad():
-        plain = c(c.prepare_text(text, tmask), idx, audio, amask, idx)
+        plain = c(c.prepare_text(text, tmask), idx, PreparedAudio(audio, amask), idx)
         with capture_attention(c) as maps:
-            captured = c(c.prepare_text(text, tmask), idx, audio, amask, idx)
+            captured = c(c.prepare_text(text, tmask), idx, PreparedAudio(audio, amask), idx)
     assert all(torch.equal(a, b) for a, b in zip(plain, captured))
     assert sorted(maps) == ["audio_layers.0.guided_attn", "audio_layers.1.guided_attn",
                             "text_layers.0.guided_attn", "text_layers.1.guided_attn"]
@@ -39,13 +40,13 @@ def test_iterating_with_shared_weights_records_one_map_per_application():
     c, text, tmask, audio, amask = cascade_inputs("iterating", depth=3, share=True)
     idx = torch.arange(3)
     with torch.no_grad(), capture_attention(c) as maps:
-        c(c.prepare_text(text, tmask), idx, audio, amask, idx)
+        c(c.prepare_text(text, tmask), idx, PreparedAudio(audio, amask), idx)
     assert list(maps) == ["audio_layers.0.guided_attn"] and len(maps["audio_layers.0.guided_attn"]) == 3
     panels = AttentionMaps.panels(maps, i=0, n_words=3)
     assert [t for t, _ in panels] == [f"layer {n}: audio->text" for n in (1, 2, 3)]
     assert all(m.shape == (3, 7) for _, m in panels)  # words x frames
     with torch.no_grad(), capture_attention(c, "self") as maps:
-        c(c.prepare_text(text, tmask), idx, audio, amask, idx)
+        c(c.prepare_text(text, tmask), idx, PreparedAudio(audio, amask), idx)
     assert "audio_layers.0.self_attn" in maps and "audio_layers.0.guided_attn" not in maps
 
 

@@ -20,7 +20,7 @@ def tiny_args(root) -> list[str]:
     """The demo config shrunk to seconds: 2 training steps, tiny batches, no workers."""
     return ["--config", DEMO, f"--data.init_args.root={root}", "--data.init_args.batch_size=4",
             "--data.init_args.eval_batch_size=4", "--data.init_args.num_workers=0",
-            "--model.bootstrap=50", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2"]
+            "--model.evaluation.bootstrap=50", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2"]
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from torch import nn
 from coattn.coattention import CoAttentionCascade
 from coattn.features import SequenceFeatures
 from coattn.model import CoAttnModel
-from coattn.scoring import score_matrix
+from coattn.retrieval.tiling import score_matrix
 
 KINDS = ["single", "stacking", "iterating"]
 
@@ -72,13 +72,13 @@ def test_iterating_text_is_fixed_and_stacking_text_sees_audio():
     it = make_model("iterating")
     ti, aj = torch.tensor([0, 0, 1]), torch.tensor([0, 1, 2])
     prep = it.prepare_text(text)
-    t_vec1, _ = it.cascade(prep, ti, *it.prepare_audio(a1), aj)
-    t_vec2, _ = it.cascade(prep, ti, *it.prepare_audio(a2), aj)
+    t_vec1, _ = it.cascade(prep, ti, it.prepare_audio(a1), aj)
+    t_vec2, _ = it.cascade(prep, ti, it.prepare_audio(a2), aj)
     torch.testing.assert_close(t_vec1, t_vec2)  # the text stream never sees the audio
     st = make_model("stacking")
     prep = st.prepare_text(text)
-    t_vec1, _ = st.cascade(prep, ti, *st.prepare_audio(a1), aj)
-    t_vec2, _ = st.cascade(prep, ti, *st.prepare_audio(a2), aj)
+    t_vec1, _ = st.cascade(prep, ti, st.prepare_audio(a1), aj)
+    t_vec2, _ = st.cascade(prep, ti, st.prepare_audio(a2), aj)
     assert not torch.allclose(t_vec1, t_vec2)  # stacking updates both modalities
 
 
@@ -100,8 +100,11 @@ def test_gradient_reaches_every_parameter(kind):
     text.states.requires_grad_(True)
     audio.states.requires_grad_(True)
     grid(m, text, audio).sum().backward()
+    # the last bias of an attention pool's score MLP shifts every logit of a softmax alike: its
+    # gradient is 0 in exact arithmetic (rounding noise, or exactly 0, depending on the CPU's kernels)
     missing = [n for n, p in m.named_parameters() if n.startswith(("cascade", "audio_in", "text_in", "pair_"))
-               and "temperature" not in n and (p.grad is None or p.grad.abs().sum() == 0)]
+               and "temperature" not in n and not n.endswith("pool.score.3.bias")
+               and (p.grad is None or p.grad.abs().sum() == 0)]
     assert not missing, missing
     assert text.states.grad.abs().sum() > 0 and audio.states.grad.abs().sum() > 0
 

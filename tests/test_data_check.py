@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from coattn.data_check import main
-from coattn.synth import main as synth
+from coattn.tools.data_check import main
+from coattn.tools.synth import main as synth
 from data_modules import ClothoDataModule
 
 HEADER = ["file_name", *(f"caption_{k}" for k in range(1, 6))]

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from coattn.synth import main as synth
+from coattn.tools.synth import main as synth
 from data_modules import ClothoDataModule, fit_length, load_audio
 from data_modules.clotho import read_clotho_csv
 from data_modules.datasets import EpochSampler

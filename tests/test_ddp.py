@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coattn.distributed import global_nt_xent
+from coattn.loss import global_nt_xent
 from tests.conftest import REPO
 
 DEMO = str(REPO / "experiments" / "demo.yaml")
@@ -114,7 +114,7 @@ def five_eval_clips(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_two_process_test_metrics_equal_one_process(five_eval_clips, tmp_path):
     common = ["--config", DEMO, f"--data.init_args.root={five_eval_clips}", "--data.init_args.batch_size=4",
-              "--data.init_args.eval_batch_size=2", "--data.init_args.num_workers=0", "--model.bootstrap=20",
+              "--data.init_args.eval_batch_size=2", "--data.init_args.num_workers=0", "--model.evaluation.bootstrap=20",
               "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu"]
     _run(["fit", *common, "--trainer.max_epochs=1", "--trainer.limit_train_batches=1"], tmp_path)
     ckpt = tmp_path / "runs/demo/checkpoints/last.ckpt"

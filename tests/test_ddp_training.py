@@ -30,7 +30,7 @@ def _fit(root, cwd, batch: int, devices: int) -> dict:
             "--model.text_encoder.init_args.freeze=true", f"--data.init_args.batch_size={batch}",
             "--model.feature_norm=false",  # BatchNorm: per-rank statistics (needs trainer.sync_batchnorm)
             "--data.init_args.train_items=clip",  # 8 items: the 2 x 4 batches hold the 1 x 8 batch
-            "--model.warmup_steps=1", f"--trainer.devices={devices}"]
+            "--model.optim.warmup_steps=1", f"--trainer.devices={devices}"]
     if devices > 1:
         args.append("--trainer.strategy=ddp")
     proc = subprocess.run([*coattn_cmd(), "fit", *args], cwd=cwd, env=subprocess_env(), capture_output=True,
@@ -57,11 +57,15 @@ def test_two_process_ddp_training_equals_one_process_on_the_combined_batch(eight
     assert one["global_step"] == two["global_step"] == 2
     trained = [k for k in one["state_dict"] if k.startswith(("model.dual_", ))]
     assert trained and any("log_scale" in k for k in trained)
-    # gradients: AdamW's moment estimates (running means of g and g^2) agree to float precision
+    # gradients: AdamW's moment estimates (running means of g and g^2) agree to float precision. A
+    # near-zero element's relative error is meaningless (summed in another order, 5e-6 came out 0.4 %
+    # off on some CPUs): the absolute floor is 1e-4 of the tensor's largest entry.
     for o1, o2 in zip(one["optimizer_states"][0]["state"].values(), two["optimizer_states"][0]["state"].values()):
         assert o1["exp_avg"].abs().sum() > 0  # something was learned
-        torch.testing.assert_close(o2["exp_avg"], o1["exp_avg"], rtol=1e-3, atol=1e-8)
-        torch.testing.assert_close(o2["exp_avg_sq"], o1["exp_avg_sq"], rtol=1e-3, atol=1e-12)
+        torch.testing.assert_close(o2["exp_avg"], o1["exp_avg"], rtol=1e-3,
+                                   atol=max(1e-8, 1e-4 * o1["exp_avg"].abs().max().item()))
+        torch.testing.assert_close(o2["exp_avg_sq"], o1["exp_avg_sq"], rtol=1e-3,
+                                   atol=max(1e-12, 1e-4 * o1["exp_avg_sq"].abs().max().item()))
     # weights: Adam's step is ~lr * sign(g) where |g| is tiny, so float noise in near-zero gradients can move
     # a few elements by up to ~lr; 1e-4 is a tenth of one step (lr 1e-3), far below any real divergence
     for k, v in one["state_dict"].items():

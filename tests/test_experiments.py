@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coattn.cli import build_cli
+from coattn.train.cli import build_cli
 from tests.conftest import REPO
 
 EXP = REPO / "experiments"
@@ -55,7 +55,7 @@ def test_real_experiments_share_their_hyper_parameters():
         cfg = yaml.safe_load(text)
         cfg["model"]["cascade"]["init_args"].pop("kind")
         cfg["model"]["cascade"]["init_args"].pop("depth")
-        cfg["model"].pop("warmup_steps")
+        cfg["model"]["optim"].pop("warmup_steps")
         cfg.pop("data")
         for key in ("max_epochs",):
             cfg["trainer"].pop(key)

@@ -10,7 +10,8 @@ import soundfile as sf
 import torch
 
 from coattn.encoders import ClapAudioEncoder, TinyTextEncoder
-from coattn.feature_cache import FeatureCache, FeatureStore
+from coattn.store import FeatureStore
+from coattn.train.feature_cache import FeatureCache
 from coattn.features import SequenceFeatures
 from data_modules import ClothoDataModule
 from data_modules.datasets import ClipDataset, collate
@@ -142,16 +143,16 @@ def test_training_with_the_cache(tiny_clotho, tmp_path, monkeypatch):
     args = [*tiny_args(tiny_clotho), "--model.audio_encoder.init_args.freeze=true",
             "--model.text_encoder.init_args.freeze=true", f"--model.feature_cache={cache}"]
     seen = {}
-    from coattn.module import CoAttnRetrieval
+    from coattn.train.module import CoAttnRetrieval
 
-    original = CoAttnRetrieval.losses
+    original = CoAttnRetrieval.encode
 
     def spy(self, batch):
         seen["audio_shape"] = tuple(batch["audio"].shape)
         seen["cached"] = "audio_features" in batch and "text_features" in batch
         return original(self, batch)
 
-    monkeypatch.setattr(CoAttnRetrieval, "losses", spy)
+    monkeypatch.setattr(CoAttnRetrieval, "encode", spy)
     assert main(["fit", *args]) == 0
     assert seen["cached"] and seen["audio_shape"][1] == 0  # no waveform was read for training
     shards = sorted(cache.rglob("*.keys.json"))

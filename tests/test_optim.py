@@ -7,15 +7,17 @@ import torch
 
 from coattn.coattention import CoAttentionCascade
 from coattn.encoders import ClapAudioEncoder, TinyTextEncoder
-from coattn.module import CoAttnRetrieval
+from coattn.train.module import CoAttnRetrieval
+from coattn.train.optim import Optim
 
 
 def make(**kw) -> CoAttnRetrieval:
     torch.manual_seed(0)
-    m = CoAttnRetrieval(ClapAudioEncoder("HTSAT-mini"), TinyTextEncoder(hidden_size=32, num_layers=1, num_heads=2,
-                                                                         intermediate_size=64, vocab_size=300),
-                        CoAttentionCascade(kind="iterating", depth=1, width=32, heads=2, ffn_dim=64),
-                        embed_dim=16, lr=1e-3, encoder_lr=1e-4, warmup_steps=2, **kw)
+    m = CoAttnRetrieval(audio_encoder=ClapAudioEncoder("HTSAT-mini"),
+                        text_encoder=TinyTextEncoder(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                                                     vocab_size=300),
+                        cascade=CoAttentionCascade(kind="iterating", depth=1, width=32, heads=2, ffn_dim=64),
+                        embed_dim=16, optim=Optim(lr=1e-3, encoder_lr=1e-4, warmup_steps=2, **kw))
     m._trainer = SimpleNamespace(estimated_stepping_batches=10)  # all configure_optimizers reads of it
     return m
 

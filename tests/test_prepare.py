@@ -6,8 +6,8 @@ import os
 import soundfile as sf
 import torch
 
-from coattn.prepare import main
-from coattn.synth import main as synth
+from coattn.tools.prepare import main
+from coattn.tools.synth import main as synth
 from data_modules import ClothoDataModule
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from coattn.metrics import retrieval_metrics
-from coattn.rerank import rerank_matrix, shortlist_mask, top_k_stable
+from coattn.metrics import topk as top_k_stable
+from coattn.retrieval.rerank import rerank_matrix, shortlist_mask
 from tests.test_coattention import feats, grid, make_model
 
 

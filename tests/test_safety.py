@@ -13,14 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from coattn.safety import (CheckpointLoadError, NonFiniteError, SafeCheckpointIO, atomic_torch_save,
-                           safe_torch_load)
+from coattn.errors import CheckpointError as CheckpointLoadError
+from coattn.errors import NonFiniteError
+from coattn.io import atomic_torch_save
+from coattn.io import load_checkpoint as safe_torch_load
+from coattn.train.checkpoints import SafeCheckpointIO
 from tests.conftest import REPO
 from tests.reliability_helpers import subprocess_env, tiny_fit_args
 
 WRITER = """
 import sys, torch
-from coattn.safety import atomic_torch_save  # (imports Lightning: a few seconds)
+from coattn.io import atomic_torch_save
 big = torch.randn(6_000_000)  # 24 MB: each save takes a while
 i = 0
 while True:

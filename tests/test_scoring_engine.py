@@ -9,7 +9,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from coattn.scoring import (
+from coattn.retrieval.tiling import (
     _Progress, executed_flops_per_pair, score_matrix, score_pair_list, score_rows, uses_fast_path,
 )
 from tests.test_coattention import feats, grid, make_model
@@ -69,7 +69,7 @@ def test_flops_per_pair_matches_flop_counter(kind):
     pt, pa = m.prepare_text(text), m.prepare_audio(audio)
     ti, aj = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 3])
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
-        m.cascade(pt, ti, pa[0], pa[1], aj)  # the math backend runs attention as counted matmuls
+        m.cascade(pt, ti, pa, aj)  # the math backend runs attention as counted matmuls
     assert fc.get_total_flops() == 4 * m.cascade.flops_per_pair(5, 6)
 
 
@@ -77,14 +77,12 @@ def test_executed_flops_of_the_fast_path():
     m = make_model("iterating", depth=2)
     text, audio = feats(3, 5, 20), feats(4, 6, 24)
     pt, pa = m.prepare_text(text), m.prepare_audio(audio)
-    from coattn.scoring import _IteratingEngine
-    eng = _IteratingEngine(m, pt, pa)
     rows = torch.arange(3)
     inv = torch.arange(4).expand(3, -1)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-        eng.clip_state(torch.arange(4), "clips")  # per-clip work, cached, outside the count
+        stage = m.cascade.clip_stage(pa, torch.arange(4))  # per-clip work, outside the count
         with FlopCounterMode(display=False) as fc:
-            eng.block(rows, torch.arange(4), inv, clips_key="clips")
+            m.score_block(pt, rows, stage, inv)
     counted = fc.get_total_flops() - 12 * 2 * 32 * 16  # minus the pair projection (d=32 -> E=16)
     assert counted == pytest.approx(12 * executed_flops_per_pair(m.cascade, 5, 6, pairs_per_caption=4))
     assert executed_flops_per_pair(m.cascade, 5, 6) < m.cascade.flops_per_pair(5, 6)
@@ -95,7 +93,7 @@ def test_progress_only_for_long_jobs(caplog, monkeypatch):
     p.update(10)
     assert p.enabled is False and p.bar is None
     monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
-    with caplog.at_level(logging.INFO, logger="coattn.scoring"):
+    with caplog.at_level(logging.INFO, logger="coattn.retrieval.tiling"):
         p = _Progress(1000, True)
         p.update(10)
         p.update(10)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from coattn import search as S
+from coattn.model import CoAttnModel
+from coattn.tools import search as S
 from coattn.cli import main
 from tests.conftest import SHARED_DATA
 from tests.test_cli import tiny_args
@@ -81,7 +82,7 @@ def test_search_folder_index_reuse_and_incremental(demo_run, tiny_clotho, tmp_pa
     assert third["index"] == {**third["index"], "encoded": 1, "reused": 3, "removed": 1}
     names = check_ranked(third, 4, 10)
     assert "added.flac.wav" in names and wavs[1].name not in names
-    shards = list((index).glob("*/shard-*.npz"))
+    shards = list((index).glob("*/shard-*.keys.json"))
     assert len(shards) == 2  # the first shard still holds live clips, the second the added one
 
     # a shortlist shorter than the folder: K clips re-scored, the cascade's order
@@ -113,7 +114,7 @@ def test_search_real_clotho_clips(demo_run, tmp_path, capsys):
 def test_checkpoint_loads_weights_only(demo_run):
     _, ckpt = demo_run
     torch.load(ckpt, map_location="cpu", weights_only=True)  # no pickled objects in it
-    model = S.load_model(ckpt)
+    model = CoAttnModel.from_checkpoint(ckpt)
     assert not model.training and model.cascade.kind == "iterating"
 
 
@@ -122,8 +123,8 @@ def test_test_in_rerank_mode_and_predict(demo_run, tiny_clotho, monkeypatch, cap
     run, ckpt = demo_run
     monkeypatch.chdir(run)
     capsys.readouterr()
-    assert main(["test", *tiny_args(tiny_clotho), f"--ckpt_path={ckpt}", "--model.retrieval_mode=rerank",
-                 "--model.rerank_k=2"]) == 0
+    assert main(["test", *tiny_args(tiny_clotho), f"--ckpt_path={ckpt}", "--model.evaluation.mode=rerank",
+                 "--model.evaluation.rerank_k=2"]) == 0
     assert "retrieval: rerank, K=2" in capsys.readouterr().out
     metrics = json.loads((run / "runs/demo/results/test/metrics.json").read_text())
     extra = json.dumps(metrics)

@@ -122,7 +122,7 @@ def test_one_point_runs(tiny_clotho, tmp_path, monkeypatch):
     extra = [a for a in tiny_args(tiny_clotho) if not a.startswith("--config") and not a.endswith("demo.yaml")]
     monkeypatch.setenv("COATTN_RUN_DIR", str(tmp_path / "point"))
     main([*argv[2:], *extra, "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
-          "--model.bootstrap=0"])
+          "--model.evaluation.bootstrap=0"])
     assert (tmp_path / "point/checkpoints/last.ckpt").is_file()  # relocated from runs/demo/checkpoints
     assert not (tmp_path / "runs").exists()
     saved = next((tmp_path / "point").rglob("coattn_config.yaml")).read_text()
@@ -139,7 +139,7 @@ def test_coattn_sweep_runs_a_tiny_grid_and_writes_the_report(tiny_clotho, tmp_pa
     extra = [a for a in tiny_args(tiny_clotho) if not a.startswith("--config") and not a.endswith("demo.yaml")]
     rc = main(["sweep", "tiny.yaml", "--config", str(REPO / "experiments/demo.yaml"), "--out", "sw",
                "--seeds", "0", "--in-process", "--extra", *extra, "--trainer.limit_train_batches=1",
-               "--trainer.limit_val_batches=1", "--model.bootstrap=0"])
+               "--trainer.limit_val_batches=1", "--model.evaluation.bootstrap=0"])
     assert rc == 0
     rows = list(csv.DictReader((tmp_path / "sw/results.csv").open()))
     assert [(r["model.cascade.init_args.depth"], r["seed"], r["status"]) for r in rows] == [("1", "0", "done"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from coattn.synth import EVENTS, SPLITS, main
+from coattn.tools.synth import EVENTS, SPLITS, main
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -55,7 +55,7 @@ def test_validation_clips_do_not_depend_on_train_count(tmp_path):
 
 
 def test_captions_describe_order_and_counts():
-    from coattn.synth import make_captions, make_scene, render
+    from coattn.tools.synth import make_captions, make_scene, render
 
     rng = np.random.default_rng(0)
     texts = " ".join(" ".join(make_captions(make_scene(rng), rng)) for _ in range(200)).lower()

@@ -23,7 +23,7 @@ FAKE_KEY = "not-a-real-key-0123456789abcdef"
 def demo_wandb_args(root) -> list[str]:
     return ["--config", str(EXP / "demo.yaml"), "--config", str(EXP / "demo_wandb.yaml"),
             f"--data.init_args.root={root}", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=4",
-            "--data.init_args.num_workers=0", "--model.bootstrap=0", "--trainer.limit_train_batches=1",
+            "--data.init_args.num_workers=0", "--model.evaluation.bootstrap=0", "--trainer.limit_train_batches=1",
             "--trainer.log_every_n_steps=1"]
 
 
@@ -125,7 +125,7 @@ def test_live_wandb_logger_gets_an_absolute_folder(tmp_path, monkeypatch):
     in-process run after a chdir must hand it an absolute one (the suite's order caught this)."""
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-    from coattn.runs import absolute_wandb_dirs
+    from coattn.train.runs import absolute_wandb_dirs
 
     monkeypatch.chdir(tmp_path)
     lg = WandbLogger(save_dir="runs/demo", project="p", offline=True)

@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 import soundfile as sf
 
-from coattn.atomic import atomic_write_bytes
+from coattn.io import atomic_write_bytes
 
 SPLITS = ("development", "validation", "evaluation")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}

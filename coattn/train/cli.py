@@ -35,7 +35,7 @@ from typing import Any
 from lightning.pytorch.cli import LightningCLI
 from typing_extensions import override
 
-from coattn.errors import CheckpointError
+from coattn.errors import CheckpointError, UserFacingError
 from coattn.io import load_checkpoint
 from coattn.model import CoAttnModel
 from coattn.train import legacy, runs
@@ -232,6 +232,19 @@ class CoAttnCLI(LightningCLI):
 def build_cli(args: list[str] | None, run: bool = True) -> CoAttnCLI:
     """The CLI on ``args`` (None: ``sys.argv``; DDP relaunches re-read it)."""
     return CoAttnCLI(args, run=run)
+
+
+def run(args: list[str] | None = None) -> int:
+    """``coattn fit|validate|test|predict ...`` as an exit code: 0 when it ran; an error meant for people
+    (``UserFacingError``) prints one line ``coattn: error: ...`` and gives 1 (``COATTN_DEBUG=1``: raise it)."""
+    try:
+        build_cli(args)
+    except UserFacingError as exc:  # bad checkpoint, NaN loss...: the message says it all
+        if os.environ.get("COATTN_DEBUG"):
+            raise
+        print(f"coattn: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def parse_only(args: list[str]) -> CoAttnCLI:

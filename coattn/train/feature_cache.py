@@ -53,8 +53,6 @@ from coattn.store import FeatureStore, caption_key, encoder_key, file_key, sha1_
 
 log = logging.getLogger(__name__)
 
-SHARD_ROWS = 2048  # entries per shard: a Clotho clip is 32 x 768 floats = 96 KB, so ~200 MB per shard
-
 
 class _Comm:
     """Rank / world / barrier of a Lightning strategy, or of a single process."""
@@ -73,21 +71,6 @@ def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="item", disable=not enabled, dynamic_ncols=True, leave=False)
-
-
-def _write_in_shards(store: FeatureStore, keys: list[str], batches, shard_rows: int = SHARD_ROWS) -> None:
-    """Consume ``batches`` of (SequenceFeatures, valid) for ``keys`` in order; write a shard every
-    ``shard_rows`` rows (bounded memory; an interrupted build keeps its finished shards)."""
-    buf: list[tuple[SequenceFeatures, torch.Tensor]] = []
-    done = held = 0
-    for feats, valid in batches:
-        buf.append((feats.to("cpu"), valid.cpu()))
-        held += len(feats)
-        if held >= shard_rows:
-            store.write(keys[done:done + held], SequenceFeatures.cat([b[0] for b in buf]), torch.cat([b[1] for b in buf]))
-            done, held, buf = done + held, 0, []
-    if buf:
-        store.write(keys[done:done + held], SequenceFeatures.cat([b[0] for b in buf]), torch.cat([b[1] for b in buf]))
 
 
 class FeatureCache:
@@ -166,11 +149,11 @@ class FeatureCache:
             def batches():
                 with torch.no_grad():
                     for b in loader:
-                        feats = enc(b["audio"].to(dev))
-                        bar.update(len(b["clip_index"]))
-                        yield feats, b["valid"]
+                        feats = enc(b.audio.to(dev))
+                        bar.update(len(b))
+                        yield [keys[i] for i in b.clip_index.tolist()], feats, b.valid
 
-            _write_in_shards(store, [keys[i] for i in mine], batches())
+            store.write_stream(batches())
             bar.close()
             self.stats["audio_built"] += len(mine)
         comm.barrier("feature_cache_audio_built")
@@ -201,9 +184,9 @@ class FeatureCache:
                         chunk = mine[i:i + bs]
                         feats = enc(chunk)
                         bar.update(len(chunk))
-                        yield feats, torch.ones(len(chunk), dtype=torch.bool)
+                        yield [caption_key(c) for c in chunk], feats, torch.ones(len(chunk), dtype=torch.bool)
 
-            _write_in_shards(store, [caption_key(c) for c in mine], batches())
+            store.write_stream(batches())
             bar.close()
             self.stats["text_built"] += len(mine)
         comm.barrier("feature_cache_text_built")

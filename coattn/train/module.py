@@ -18,6 +18,7 @@ once, score all captions x all clips, compute the DCASE metrics; ``test`` also w
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,12 @@ class CoAttnRetrieval(pl.LightningModule):
     def __init__(self, loss: RetrievalLoss = RetrievalLoss(), optim: Optim = Optim(),
                  evaluation: Evaluation = Evaluation(), feature_cache: str | None = None, **model: Any):
         super().__init__()
-        # Under LightningCLI this stores the config (class paths + init args), not the modules.
-        self.save_hyperparameters(ignore=[] if self._cli_hparams() else ["audio_encoder", "text_encoder", "cascade"])
+        if self._cli_hparams():  # under LightningCLI: the parsed config (class paths + init args)
+            self.save_hyperparameters()
+        else:  # built in Python: plain values only, so checkpoints stay loadable with weights_only=True
+            self.save_hyperparameters({"loss": asdict(loss), "optim": asdict(optim), "evaluation": asdict(evaluation),
+                                       "feature_cache": feature_cache,
+                                       **{k: v for k, v in model.items() if not isinstance(v, torch.nn.Module)}})
         self.model = CoAttnModel(**model)
         self.loss, self.optim, self.evaluation = loss, optim, evaluation
         self.feature_cache = feature_cache

@@ -11,14 +11,14 @@ A=--model.audio_encoder.init_args
 declare -A RUNS=(
   [laion_clap_defaults]="$A.spec_augment=true $A.frozen_norm=false $A.drop_path_rate=0.1"
   [frozen_eval_mode]="$A.freeze=true"
-  [frozen_norm_no_specaug_drop_path_lr0]="$A.drop_path_rate=0.1 --model.audio_encoder_lr=0"
+  [frozen_norm_no_specaug_drop_path_lr0]="$A.drop_path_rate=0.1 --model.optim.audio_encoder_lr=0"
   [demo_settings]=""
 )
 for name in laion_clap_defaults frozen_eval_mode frozen_norm_no_specaug_drop_path_lr0 demo_settings; do
   # shellcheck disable=SC2086
   COATTN_RUN_DIR="$OUT/$name" "$COATTN" fit --config experiments/demo.yaml --trainer.max_epochs=1 \
     --trainer.limit_train_batches=80 --trainer.enable_progress_bar=false --trainer.log_every_n_steps=10 \
-    --model.bootstrap=0 ${RUNS[$name]} > "$OUT.$name.log" 2>&1
+    --model.evaluation.bootstrap=0 ${RUNS[$name]} > "$OUT.$name.log" 2>&1
   python - "$OUT/$name" "$name" <<'PY'
 import csv, glob, sys
 rows = list(csv.DictReader(open(sorted(glob.glob(f"{sys.argv[1]}/logs/*/metrics.csv"))[-1])))

@@ -123,11 +123,9 @@ def _parse_only_cli(args: list[str]) -> tuple[Any, Any]:
 
     The only place this package calls the CLI's parsing API.
     """
-    from coattn.cli import build_cli
-    from coattn.runs import parse_only
+    from coattn.train.cli import parse_only
 
-    with parse_only():
-        cli = build_cli(args)
+    cli = parse_only(args)
     return cli.parser, cli.config
 
 

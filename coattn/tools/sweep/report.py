@@ -11,10 +11,7 @@ import csv
 import re
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # runner imports this module; Job is only a type here
-    from coattn.tools.sweep.runner import Job
+from typing import Any
 
 TEST_METRICS = ("t2a_mAP@10", "t2a_R@1", "t2a_R@5", "t2a_R@10", "a2t_mAP@10", "a2t_R@1", "a2t_R@10")
 
@@ -30,7 +27,7 @@ def flatten_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_csv(jobs: list[Job], path: Path, metric: str) -> None:
+def write_csv(jobs: list, path: Path, metric: str) -> None:  # jobs: runner.Job (runner imports this module)
     keys: list[str] = []
     for j in jobs:
         keys += [k for k in flatten_params(j.params) if k not in keys]

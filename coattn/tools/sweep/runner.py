@@ -1,6 +1,6 @@
 """Running a sweep: W&B's engine picks the points, each (point, seed) runs ``coattn fit`` then ``test``.
 
-Every run gets ``COATTN_RUN_DIR=<out>/runs/<run>`` (coattn/runs.py moves all its outputs there),
+Every run gets ``COATTN_RUN_DIR=<out>/runs/<run>`` (coattn/train/runs.py moves all its outputs there),
 so parallel runs never share a checkpoint, and a run whose ``results/test/metrics.json`` exists is
 read back instead of trained again: an interrupted sweep resumes. Subprocesses by default (runs in
 parallel, a crash stays in its run); ``in_process`` saves the interpreter and import start-up of
@@ -56,10 +56,10 @@ def _slug(params: dict[str, Any]) -> str:
 
 
 def _env(job: Job, group: str) -> dict[str, str]:
+    from coattn.train.runs import RUN_DIR_ENV, RUN_GROUP_ENV, RUN_NAME_ENV  # the run-folder contract of the CLI
+
     env = dict(os.environ)
-    env["COATTN_RUN_DIR"] = str(job.run_dir)
-    env["COATTN_RUN_NAME"] = job.name
-    env["COATTN_RUN_GROUP"] = group
+    env.update({RUN_DIR_ENV: str(job.run_dir), RUN_NAME_ENV: job.name, RUN_GROUP_ENV: group})
     bindir = str(Path(sys.executable).parent)  # `coattn` of this environment first on PATH
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     env.setdefault("WANDB_MODE", "offline")
@@ -109,17 +109,17 @@ def _run_argv(argv: list[str], env: dict[str, str], log: Path, in_process: bool)
             f.write("$ " + " ".join(argv) + "\n")
             f.flush()
             return subprocess.run(argv, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-    from coattn.cli import main
+    from coattn.train.cli import run
+    from coattn.train.runs import RUN_DIR_ENV, RUN_GROUP_ENV, RUN_NAME_ENV
 
     args = strip_launcher(argv)
-    saved = {k: os.environ.get(k) for k in ("COATTN_RUN_DIR", "COATTN_RUN_NAME", "COATTN_RUN_GROUP")}
+    saved = {k: os.environ.get(k) for k in (RUN_DIR_ENV, RUN_NAME_ENV, RUN_GROUP_ENV)}
     os.environ.update({k: env[k] for k in saved})
     try:
         with log.open("a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
             f.write("$ " + " ".join(argv) + "  (in process)\n")
             try:
-                main(args)
-                return 0
+                return run(args)
             except SystemExit as e:
                 return int(e.code or 0)
             except Exception:  # a failed run is recorded, the sweep goes on

@@ -12,7 +12,7 @@ Evaluation set: Clotho's evaluation size, 1,045 clips x 5 captions = 5,225 capti
 Measured side by side in one run:
 - the dual-encoder shortlist of the full 5,225 x 1,045 set (one matrix product + sorts), its
   timing, and the exact cascade-pass count |U| of two-stage retrieval at full size
-  (U = K clips per caption  union  K captions per clip, ``coattn/rerank.py``);
+  (U = K clips per caption  union  K captions per clip, ``coattn/retrieval/rerank.py``);
 - on a random subsample of ``--captions`` captions (every clip a candidate): the exact cascade
   scores (``score_matrix``) and the re-ranked ones (``score_rows`` on each caption's K clips plus
   ``score_pair_list`` on the a2t-only pairs of those captions), their time and t2a mAP@10/R@k.

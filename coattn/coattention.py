@@ -211,6 +211,16 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
+def sinusoidal_positions(n: int, width: int) -> torch.Tensor:
+    """Transformer positions (Vaswani et al. 2017): sin/cos of position / 10000^(2i/d), (n, width)."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, width, 2, dtype=torch.float32) / width)
+    table = torch.zeros(n, width)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: width // 2])
+    return table
+
+
 @dataclass
 class ClipStage:
     """The clips of one scoring tile, ready for their pairs: frames (u, T, d) and mask (u, T).
@@ -239,11 +249,17 @@ class CoAttentionCascade(nn.Module):
         dropout: dropout in attention, feed-forward and pooling.
         pooling: ``attention`` (MCAN AttFlat) or ``mean`` (masked mean).
         share_weights: ``iterating`` only: apply one audio layer N times (and one text layer).
+        positions: temporal positions added to the audio frames at the cascade's input: ``none``,
+            ``learned`` (a (max_frames, d) table) or ``sinusoidal`` (fixed). Attention and pooling are
+            permutation invariant, so without them "A then B" and "B then A" are the same set of frames
+            to the cascade (HTS-AT's frames carry little absolute time); text tokens carry RoBERTa's own.
+        max_frames: longest audio sequence the position table covers (HTS-AT: 32 frames per 10 s).
     """
 
     def __init__(self, kind: CascadeKind = "iterating", depth: int = 3, width: int = 512,
                  heads: int = 8, ffn_dim: int = 2048, dropout: float = 0.1,
-                 pooling: Literal["attention", "mean"] = "attention", share_weights: bool = False):
+                 pooling: Literal["attention", "mean"] = "attention", share_weights: bool = False,
+                 positions: Literal["none", "learned", "sinusoidal"] = "none", max_frames: int = 64):
         super().__init__()
         if depth < 1:
             raise ValueError(f"cascade depth must be >= 1, got {depth}")
@@ -252,8 +268,15 @@ class CoAttentionCascade(nn.Module):
         self.kind, self.width = kind, width
         self.depth = 1 if kind == "single" else depth
         self.capturing = 0  # > 0 inside capture_attention: no hoisting (per-pair maps)
+        if positions not in ("none", "learned", "sinusoidal"):
+            raise ValueError(f"positions must be 'none', 'learned' or 'sinusoidal', got {positions!r}")
+        self.positions = positions
         if kind == "none":
             return
+        if positions == "learned":  # ViT/BERT-style table, small init so it does not drown the features
+            self.audio_positions = nn.Parameter(torch.randn(max_frames, width) * 0.02)
+        elif positions == "sinusoidal":
+            self.register_buffer("audio_positions", sinusoidal_positions(max_frames, width), persistent=False)
         args = (width, heads, ffn_dim, dropout)
         n_unique = 1 if share_weights else self.depth
         if kind == "iterating":
@@ -283,6 +306,15 @@ class CoAttentionCascade(nn.Module):
         for n in range(self.depth):
             states = self._layer(self.text_layers, n)(states, mask)
         return PreparedText(states, mask, self.text_pool(states, mask))
+
+    def prepare_audio(self, states: torch.Tensor, mask: torch.Tensor) -> PreparedAudio:
+        """The cascade's per-clip input: frames at width d plus their temporal positions (if any)."""
+        if self.positions != "none" and self.kind != "none":
+            if states.shape[1] > self.audio_positions.shape[0]:
+                raise ValueError(f"{states.shape[1]} audio frames but positions for {self.audio_positions.shape[0]}: "
+                                 "raise the cascade's max_frames")
+            states = states + self.audio_positions[: states.shape[1]].to(states.dtype)
+        return PreparedAudio(states, mask)
 
     def clip_stage(self, audio: PreparedAudio, clips: torch.Tensor) -> ClipStage:
         """The clips ``clips`` of ``audio`` ready for their pairs (hoisted work applied, see ``hoists``)."""

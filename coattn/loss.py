@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from coattn.distributed import gather_no_grad, gather_pair_audio, gather_with_grad, rank_world
+from coattn.errors import ConfigError
 from coattn.features import SequenceFeatures
+from coattn.negatives import caption_variants, mine, order_items, rotate_frames
 
 
 class Temperature(nn.Module):
@@ -130,39 +132,127 @@ def global_nt_xent(text: torch.Tensor, audio: torch.Tensor, scale: torch.Tensor,
 class RetrievalLoss:
     """The training objective of a batch whose item b is (caption b, clip b).
 
-        loss = L(s_pair) + aux_weight * L(s_dual)        (cascade ``none``: loss = L(s_dual))
+        loss = L_pair + aux_weight * L(s_dual)        (cascade ``none``: loss = L(s_dual))
 
-    L is the symmetric NT-Xent above. The dual term always uses every rank's negatives
-    (``global_nt_xent``); the pair term scores every caption of this rank against this rank's clips
-    (``pair_negatives: local``, B x B cascade passes) or against every rank's clips (``global``,
-    B x G passes: more negatives at W times the cost).
+    L is the symmetric NT-Xent above; the dual term always uses every rank's negatives
+    (``global_nt_xent``). The pair term's negatives (``coattn.negatives``):
+
+        local     every caption of this rank against this rank's clips: B x B cascade passes
+        global    against every rank's clips: B x G passes (more negatives, W times the cost)
+        hard      each caption against its clip, its ``pair_k`` hardest clips by dual score and
+                  ``pair_random`` random ones (over every rank's clips), each clip against its
+                  caption and its ``pair_k`` hardest + ``pair_random`` random captions:
+                  O(B (1 + K + R)) passes, so B can grow far beyond what B x B allows
+        + time_negatives      a caption that states an order also ranks its own clip with its
+                              frames rotated in time (one more column of its softmax)
+        + caption_negatives   a clip also ranks its caption rewritten with the events reversed or a
+                              count changed (more rows of its softmax)
 
     Args:
         aux_weight: weight of the dual-encoder term (ignored for cascade ``none``, whose only loss it
             is). It trains the shortlist that two-stage retrieval re-ranks.
-        pair_negatives: ``local`` or ``global`` negatives of the pair term under DDP (see above).
+        pair_negatives: ``local``, ``global`` or ``hard`` (see above).
+        pair_k: hard negatives per caption and per clip (``hard``).
+        pair_random: random negatives added to the hard ones (``hard``; hard ones alone collapse).
+        time_negatives: add the time-rotated clip negatives (needs a cascade that sees time:
+            ``cascade.positions``).
+        caption_negatives: add the rewritten-caption negatives.
+        seed: of the random negatives and rotations (drawn afresh each step).
     """
 
     aux_weight: float = 0.5
-    pair_negatives: Literal["local", "global"] = "local"
+    pair_negatives: Literal["local", "global", "hard"] = "local"
+    pair_k: int = 8
+    pair_random: int = 8
+    time_negatives: bool = False
+    caption_negatives: bool = False
+    seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.pair_negatives not in ("local", "global"):
-            raise ValueError(f"pair_negatives must be 'local' or 'global', got {self.pair_negatives!r}")
+        if self.pair_negatives not in ("local", "global", "hard"):
+            raise ConfigError(f"model.loss.pair_negatives must be 'local', 'global' or 'hard', got {self.pair_negatives!r}")
+        if self.pair_k < 0 or self.pair_random < 0 or self.pair_k + self.pair_random < 1:
+            raise ConfigError(f"model.loss.pair_k and pair_random must be >= 0 with at least one negative, got "
+                              f"{self.pair_k}, {self.pair_random}")
+        if self.aux_weight < 0:
+            raise ConfigError(f"model.loss.aux_weight must be >= 0, got {self.aux_weight}")
+        self._generator = torch.Generator().manual_seed(self.seed)
 
     def __call__(self, model, audio: SequenceFeatures, text: SequenceFeatures, caption_clip: torch.Tensor,
-                 clip_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Loss terms (``loss``, ``dual_loss``, ``pair_loss``) of encoded items, for a ``CoAttnModel``."""
-        out = {"dual_loss": global_nt_xent(model.dual_embed_text(text), model.dual_embed_audio(audio),
-                                           model.dual_temperature.scale, caption_clip, clip_ids)}
+                 clip_ids: torch.Tensor, captions: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Loss terms (``loss``, ``dual_loss``, ``pair_loss``) of encoded items, for a ``CoAttnModel``.
+        ``captions`` (the texts) are needed by ``time_negatives`` and ``caption_negatives``."""
+        dual_t, dual_a = model.dual_embed_text(text), model.dual_embed_audio(audio)
+        out = {"dual_loss": global_nt_xent(dual_t, dual_a, model.dual_temperature.scale, caption_clip, clip_ids)}
         if not model.has_pairwise:
             out["loss"] = out["dual_loss"]
             return out
+        prepared_text = model.prepare_text(text)
         prepared = model.prepare_audio(audio)
         col_clip, targets = clip_ids, None
-        if self.pair_negatives == "global" and rank_world()[1] > 1:
+        if self.pair_negatives in ("global", "hard") and rank_world()[1] > 1:
             prepared, col_clip, targets = gather_pair_audio(prepared, clip_ids)
-        sims = model.score_grid(model.prepare_text(text), prepared)  # (B, B) or (B, G): every pair
-        out["pair_loss"] = nt_xent(sims * model.pair_temperature.scale, caption_clip, col_clip, targets)
+        if self.pair_negatives == "hard" or self.time_negatives or self.caption_negatives:
+            t2a, a2t = pair_logits(self, model, prepared_text, prepared, audio, dual_t, dual_a, caption_clip,
+                                   clip_ids, col_clip, targets, captions)
+            zero = torch.zeros(t2a.shape[0], dtype=torch.long, device=t2a.device)  # column 0: the positive
+            out["pair_loss"] = 0.5 * (F.cross_entropy(t2a.float(), zero) + F.cross_entropy(a2t.float(), zero))
+        else:
+            sims = model.score_grid(prepared_text, prepared)  # (B, B) or (B, G): every pair
+            out["pair_loss"] = nt_xent(sims * model.pair_temperature.scale, caption_clip, col_clip, targets)
         out["loss"] = out["pair_loss"] + self.aux_weight * out["dual_loss"]
         return out
+
+
+def _all_columns(scores: torch.Tensor, invalid: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B, 1 + G) logits: the target first, then every column (the target's own slot and invalid ones -inf)."""
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    banned = invalid.clone()
+    banned[rows, targets] = True
+    return torch.cat([scores[rows, targets][:, None], scores.masked_fill(banned, float("-inf"))], 1)
+
+
+def pair_logits(cfg: RetrievalLoss, model, text_p, audio_p, audio: SequenceFeatures, dual_t: torch.Tensor, dual_a: torch.Tensor,
+                caption_clip: torch.Tensor, clip_ids: torch.Tensor, col_clip: torch.Tensor,
+                targets: torch.Tensor | None, captions: list[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pair term's scaled logits, positive in column 0 and impossible entries -inf: t2a (B, C) rows
+    are captions over clips, a2t (B, C') rows are this rank's clips over captions (``RetrievalLoss``)."""
+    b, dev = len(caption_clip), dual_t.device
+    rows = torch.arange(b, device=dev)
+    targets = rows if targets is None else targets
+    scale = model.pair_temperature.scale
+    gen = cfg._generator
+    invalid = same_clip_mask(caption_clip, col_clip, targets)  # (B, G): other captions of the same clip
+    if cfg.pair_negatives == "hard":
+        with torch.no_grad():
+            cols, valid = mine(dual_t @ gather_no_grad(dual_a).t(), invalid, targets, cfg.pair_k, cfg.pair_random, gen)
+        uniq, inv = torch.unique(cols, return_inverse=True)
+        t2a = model.score_block(text_p, rows, model.cascade.clip_stage(audio_p, uniq), inv)
+        t2a = t2a.masked_fill(~valid, float("-inf")) * scale
+        with torch.no_grad():  # each clip's captions: its own first, then hard and random ones
+            inv_t = same_clip_mask(clip_ids, caption_clip, rows)
+            caps, valid_t = mine(dual_a @ dual_t.t(), inv_t, rows, cfg.pair_k, cfg.pair_random, gen)
+        a2t = model.score_pairs(text_p, caps.reshape(-1), audio_p, targets.repeat_interleave(caps.shape[1]))
+        a2t = a2t.view(caps.shape).masked_fill(~valid_t, float("-inf")) * scale
+    else:  # local / global: every pair once; the clip view reads the same grid
+        grid = model.score_grid(text_p, audio_p) * scale  # (B, G)
+        t2a = _all_columns(grid, invalid, targets)
+        a2t = _all_columns(grid[:, targets].t(), same_clip_mask(clip_ids, caption_clip, rows), rows)
+    extra_t2a, extra_a2t = [], []
+    if cfg.time_negatives and captions is not None:  # caption b against its own clip, rotated in time
+        rotated = model.prepare_audio(rotate_frames(audio, gen))
+        s = model.score_pairs(text_p, rows, rotated, rows) * scale
+        extra_t2a.append(s.masked_fill(~order_items(captions).to(dev), float("-inf"))[:, None])
+    if cfg.caption_negatives and captions is not None:  # clip b against its caption rewritten
+        texts, owners = caption_variants(captions, int(torch.randint(1 << 30, (1,), generator=gen)))
+        if texts:
+            owner = torch.tensor(owners, device=dev)
+            s = model.score_pairs(model.prepare_text(model.encode_text(texts)), torch.arange(len(texts), device=dev),
+                                  audio_p, targets[owner]) * scale
+            slot = torch.zeros_like(owner)
+            for j in range(1, len(owners)):  # position of each variant among its owner's variants
+                slot[j] = slot[j - 1] + 1 if owners[j] == owners[j - 1] else 0
+            table = torch.full((b, int(slot.max()) + 1), float("-inf"), device=dev, dtype=s.dtype)
+            table[owner, slot] = s
+            extra_a2t.append(table)
+    return torch.cat([t2a, *extra_t2a], 1), torch.cat([a2t, *extra_a2t], 1)

@@ -91,6 +91,9 @@ class CoAttnModel(nn.Module):
             self.pair_temperature = Temperature(temperature, learn_temperature)
         if clap_checkpoint:
             self.load_clap_projections(clap_checkpoint, dual_projection)
+        # lambda of s_pair + lambda * s_dual, chosen on validation (evaluation.fusion: auto); 0 = pair only
+        self.register_buffer("fusion_lambda", torch.zeros(()))
+        self._register_load_state_dict_pre_hook(_default_fusion_lambda)
 
     @property
     def has_pairwise(self) -> bool:
@@ -142,7 +145,8 @@ class CoAttnModel(nn.Module):
         return prep
 
     def prepare_audio(self, feats: SequenceFeatures) -> PreparedAudio:
-        return PreparedAudio(self.audio_in(feats.states, feats.mask), feats.mask)
+        """Per-clip part of the pair score: frames at the cascade's width (and temporal positions)."""
+        return self.cascade.prepare_audio(self.audio_in(feats.states, feats.mask), feats.mask)
 
     # ---- pair scores ------------------------------------------------------------------------
     def score_block(self, text: PreparedText, rows: torch.Tensor, stage: ClipStage, inv: torch.Tensor) -> torch.Tensor:
@@ -205,6 +209,11 @@ class CoAttnModel(nn.Module):
             raise CheckpointError(f"{str(path)!r}: weights do not fit the stored configuration (missing "
                                   f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
         return model.to(map_location).eval()
+
+
+def _default_fusion_lambda(state_dict, prefix, *args, **kwargs) -> None:
+    """Checkpoints from before score fusion have no ``fusion_lambda``: read them as lambda = 0."""
+    state_dict.setdefault(prefix + "fusion_lambda", torch.zeros(()))
 
 
 _COMPONENT_BASES = {"audio_encoder": nn.Module, "text_encoder": nn.Module, "cascade": CoAttentionCascade}

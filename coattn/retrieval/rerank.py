@@ -58,15 +58,33 @@ def shortlist_mask(dual: torch.Tensor, k: int, both_directions: bool = True) -> 
     return cols, mask
 
 
+def compose(rescored: torch.Tensor, mask: torch.Tensor, dual: torch.Tensor, fusion: float = 0.0) -> torch.Tensor:
+    """The full (N, M) matrix from the cascade's scores on U (``mask``): ``rescored + fusion * dual``
+    there, and below every one of them, in dual order, elsewhere (module docstring)."""
+    inside = rescored + fusion * dual if fusion else rescored
+    floor = inside[mask].min()
+    return torch.where(mask, inside, dual - dual.max() + floor - 1.0)
+
+
 @torch.no_grad()
 def rerank_matrix(model: CoAttnModel, text: PreparedText, audio: PreparedAudio,
                   dual: torch.Tensor, k: int = 64, tile_pairs: int = 16384, precision: Precision = "auto",
-                  progress: bool | None = None, both_directions: bool = True) -> tuple[torch.Tensor, RerankInfo]:
+                  progress: bool | None = None, both_directions: bool = True,
+                  fusion: float = 0.0) -> tuple[torch.Tensor, RerankInfo]:
     """Full (N, M) two-stage score matrix (see the module docstring) and its cost.
 
     ``dual``: the dual-encoder scores (N, M). ``both_directions=False`` skips the a2t shortlist
-    (text->audio search only: N x K passes).
+    (text->audio search only: N x K passes). ``fusion``: see ``compose``.
     """
+    scores, mask, info = rescore(model, text, audio, dual, k, tile_pairs, precision, progress, both_directions)
+    return compose(scores, mask, dual.float(), fusion), info
+
+
+@torch.no_grad()
+def rescore(model: CoAttnModel, text: PreparedText, audio: PreparedAudio, dual: torch.Tensor, k: int = 64,
+            tile_pairs: int = 16384, precision: Precision = "auto", progress: bool | None = None,
+            both_directions: bool = True) -> tuple[torch.Tensor, torch.Tensor, RerankInfo]:
+    """The cascade's scores on the union U of both shortlists: (scores (N, M), zero outside U; U mask; cost)."""
     if k < 1:
         raise ValueError(f"rerank_k must be >= 1, got {k}")
     dual = dual.float()
@@ -81,6 +99,4 @@ def rerank_matrix(model: CoAttnModel, text: PreparedText, audio: PreparedAudio,
     if ti.numel():
         rescored[ti, aj] = score_pair_list(model, text, audio, ti, aj, tile_pairs=tile_pairs,
                                            precision=precision, progress=progress)
-    floor = rescored[mask].min()
-    scores = torch.where(mask, rescored, dual - dual.max() + floor - 1.0)
-    return scores, RerankInfo(k, int(mask.sum()), n * m)
+    return rescored, mask, RerankInfo(k, int(mask.sum()), n * m)

@@ -13,7 +13,9 @@ never share a description, yet each event type is seen hundreds of times in 400 
 Output (what ``data_modules.ClothoDataModule`` reads):
     OUT/development/*.wav  OUT/validation/*.wav  OUT/evaluation/*.wav   (16-bit PCM mono WAV)
     OUT/clotho_captions_{development,validation,evaluation}.csv          (file_name,caption_1..5)
-    OUT/synth_metadata.json      the events of every clip (for diagnostics, not read in training)
+    OUT/synth_metadata.json      per clip: its events in time order (type, count) and, per caption,
+                                 the compositional probes ``coattn probe`` scores (the same words with
+                                 the events reversed; one count changed). Never read in training.
 
 Every clip draws from its own ``SeedSequence([seed, split, index])``: the same seed gives
 byte-identical files, and changing ``--n-train`` does not change the validation clips.
@@ -201,16 +203,26 @@ def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
+def _wording(event: EventType, count: int, rng: np.random.Generator) -> tuple[int, int, bool]:
+    """The random choices of a noun phrase: synonym, adjective, number form ('two beeps') or not."""
+    noun, adj = int(rng.integers(len(event.nouns))), int(rng.integers(len(event.adjectives)))
+    return noun, adj, bool(count > 1 and rng.random() < 0.5)
+
+
+def _phrase(event: EventType, count: int, noun: int, adj: int, number_form: bool) -> str:
+    singular, plural = event.nouns[noun]
+    a = event.adjectives[adj]
+    if count == 1:
+        return _article(f"{a} {singular}".strip())
+    if number_form:
+        return f"{NUMBER_WORDS[count]} {a} {plural}".replace("  ", " ")
+    verb = {"bell": " ringing", "beep": " sounding", "drum": " hitting"}.get(event.name, "")
+    return f"{_article(f'{a} {singular}'.strip())}{verb} {TIMES_WORDS[count]}"
+
+
 def describe(event: EventType, count: int, rng: np.random.Generator) -> str:
     """One noun phrase for ``count`` occurrences: 'a short beep', 'two beeps', 'a bell ringing twice'."""
-    singular, plural = event.nouns[rng.integers(len(event.nouns))]
-    adj = event.adjectives[rng.integers(len(event.adjectives))]
-    if count == 1:
-        return _article(f"{adj} {singular}".strip())
-    if rng.random() < 0.5:
-        return f"{NUMBER_WORDS[count]} {adj} {plural}".replace("  ", " ")
-    verb = {"bell": " ringing", "beep": " sounding", "drum": " hitting"}.get(event.name, "")
-    return f"{_article(f'{adj} {singular}'.strip())}{verb} {TIMES_WORDS[count]}"
+    return _phrase(event, count, *_wording(event, count, rng))
 
 
 TEMPLATES_2 = (
@@ -236,16 +248,40 @@ SUFFIXES = ("", "", "", " over faint background noise", " in a quiet room", " wi
 
 def make_captions(scene: list[tuple[EventType, int]], rng: np.random.Generator, n: int = 5) -> list[str]:
     """``n`` different captions of the same scene (templates x synonyms x suffixes)."""
+    return [c["text"] for c in make_captions_with_probes(scene, rng, n)]
+
+
+def make_captions_with_probes(scene: list[tuple[EventType, int]], rng: np.random.Generator,
+                              n: int = 5) -> list[dict[str, str | None]]:
+    """``n`` different captions of the scene, each with its two compositional probes (CompA-style):
+    ``reversed``, the same words with the events in reverse order, and ``count_changed``, one count
+    moved by one (None when no event can repeat). Same random draws as the captions alone."""
     templates = TEMPLATES_2 if len(scene) == 2 else TEMPLATES_3
-    out: list[str] = []
+    out: list[dict[str, str | None]] = []
     for _ in range(200):  # thousands of combinations per scene: 5 distinct ones come at once
-        phrases = dict(zip("ABC", (describe(e, c, rng) for e, c in scene)))
-        text = templates[rng.integers(len(templates))].format(**phrases) + SUFFIXES[rng.integers(len(SUFFIXES))]
-        text = text[0].upper() + text[1:] + "."
-        if text not in out:
-            out.append(text)
-            if len(out) == n:
-                return out
+        words = [_wording(e, c, rng) for e, c in scene]
+        template = templates[rng.integers(len(templates))]
+        suffix = SUFFIXES[rng.integers(len(SUFFIXES))]
+        phrases = [_phrase(e, c, *w) for (e, c), w in zip(scene, words)]
+
+        def render(ps: list[str]) -> str:
+            text = template.format(**dict(zip("ABC", ps))) + suffix
+            return text[0].upper() + text[1:] + "."
+
+        text = render(phrases)
+        if any(c["text"] == text for c in out):
+            continue
+        counted = next((j for j, (e, _) in enumerate(scene) if e.max_count > 1), None)
+        changed = None
+        if counted is not None:
+            e, c = scene[counted]
+            new = c + 1 if c < e.max_count else c - 1
+            noun, adj, number_form = words[counted]
+            changed = render([*phrases[:counted], _phrase(e, new, noun, adj, number_form or c == 1),
+                              *phrases[counted + 1:]])
+        out.append({"text": text, "reversed": render(phrases[::-1]), "count_changed": changed})
+        if len(out) == n:
+            return out
     raise RuntimeError(f"could not write {n} distinct captions for {[e.name for e, _ in scene]}")
 
 
@@ -319,14 +355,16 @@ def synthesize(out_dir: str | Path, seed: int = 0, counts: dict[str, int] | None
         for i in range(n):
             rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, i]))
             scene = make_scene(rng)
-            captions = make_captions(scene, rng)
+            probes = make_captions_with_probes(scene, rng)
+            captions = [c["text"] for c in probes]
             wave = render(scene, seconds, sample_rate, rng)
             fname = f"{split}_{i:05d}.wav"
             atomic_write_bytes(out / split / fname, _wav_bytes(wave, sample_rate))
             rows.append([fname, *captions])
             key = tuple((e.name, c) for e, c in scene)
             scenes_seen.add(key)
-            metadata[f"{split}/{fname}"] = {"events": [{"type": e.name, "count": c} for e, c in scene]}
+            metadata[f"{split}/{fname}"] = {"events": [{"type": e.name, "count": c} for e, c in scene],
+                                            "captions": probes}
             if (i + 1) % step == 0 or i + 1 == n:
                 log(f"  {split}: {i + 1}/{n} clips ({time.perf_counter() - t0:.1f} s)")
         buf = io.StringIO()

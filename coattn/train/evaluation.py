@@ -26,6 +26,7 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -38,6 +39,8 @@ from coattn.io import atomic_write_bytes
 from coattn.retrieval import Retriever
 
 log = logging.getLogger(__name__)
+
+FUSION_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # lambdas tried by fusion: auto (ties: the smallest)
 
 
 @dataclass
@@ -56,13 +59,20 @@ class Evaluation(Retriever):
         precision: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
         bootstrap: bootstrap resamples for the 95 % confidence intervals (0 = none).
         results_dir: where ``test`` and ``predict`` write; default ``<default_root_dir>/results/<stage>``.
+        fusion: the system's score is ``s_pair + lambda * s_dual``: a fixed lambda (0 = the pair score
+            alone), ``auto`` (every validation picks the lambda of ``FUSION_GRID`` with the best
+            t2a mAP@10 and stores it in the model, which test, search and export then use) or null
+            (the model's stored lambda). metrics.json records the lambda and the pair-only metrics.
     """
 
     bootstrap: int = 1000
     results_dir: str | None = None
+    fusion: float | Literal["auto"] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.fusion, str) and self.fusion != "auto":
+            raise ConfigError(f"model.evaluation.fusion must be a number >= 0, 'auto' or null, got {self.fusion!r}")
         if self.bootstrap < 0:
             raise ConfigError(f"model.evaluation.bootstrap must be >= 0 (0: no confidence intervals), "
                               f"got {self.bootstrap}")

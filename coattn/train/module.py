@@ -33,7 +33,7 @@ from coattn.io import atomic_write_text
 from coattn.loss import RetrievalLoss
 from coattn.model import CoAttnModel
 from coattn.results import EvaluationResult
-from coattn.train.evaluation import EvalAccumulator, Evaluation, write_predictions, write_test_results
+from coattn.train.evaluation import FUSION_GRID, EvalAccumulator, Evaluation, write_predictions, write_test_results
 from coattn.train.optim import Optim
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class CoAttnRetrieval(pl.LightningModule):
         if len(kept) < len(batch):
             self.log("train/skipped_items", float(len(batch) - len(kept)), reduce_fx="sum", batch_size=len(batch))
         audio, text = self.encode(kept)
-        out = self.loss(self.model, audio, text, kept.caption_clip, kept.clip_index)
+        out = self.loss(self.model, audio, text, kept.caption_clip, kept.clip_index, kept.captions)
         self.last_losses = {k: v.detach() for k, v in out.items()}
         bs = len(kept.captions)
         for k, v in out.items():
@@ -162,15 +162,25 @@ class CoAttnRetrieval(pl.LightningModule):
         c = self._collected.finish()
         if c is None:
             return None
-        result = self.evaluation(self.model, c.audio, c.text)
+        auto = self.evaluation.fusion == "auto"
+        result = self.evaluation(self.model, c.audio, c.text, fusion=self.model.fusion_lambda if auto else None)
+        if auto and stage == "val" and result.pair is not None:  # choose lambda here, keep it in the model
+            best = max(FUSION_GRID, key=lambda lam: aggregate(per_query_metrics(result.fused(lam), c.caption_clip))[
+                "t2a_mAP@10"])  # max() keeps the first (smallest) of equal lambdas
+            self.model.fusion_lambda.fill_(best)
+            result.scores, result.info["fusion_lambda"] = result.fused(best), best
         self.last_retrieval = result.info
         per_query = per_query_metrics(result.scores, c.caption_clip)  # ranks once, reused by the CIs
         metrics = aggregate(per_query)
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=False, batch_size=1)
-        if self.model.has_pairwise:  # the dual shortlist's own quality: what rerank starts from
-            dual = aggregate(per_query_metrics(result.dual, c.caption_clip))
-            self.log_dict({f"{stage}/dual_{k}": dual[k] for k in ("t2a_mAP@10", "a2t_mAP@10")},
-                          sync_dist=False, batch_size=1)
+        if self.model.has_pairwise:  # each branch's own quality (the dual one is what rerank starts from)
+            branches = {"dual": result.dual, "pair": result.pair if result.info["fusion_lambda"] else None}
+            for name, s in branches.items():
+                if s is not None:
+                    own = aggregate(per_query_metrics(s, c.caption_clip))
+                    self.log_dict({f"{stage}/{name}_{k}": own[k] for k in ("t2a_mAP@10", "a2t_mAP@10")},
+                                  sync_dist=False, batch_size=1)
+            self.log(f"{stage}/fusion_lambda", float(result.info["fusion_lambda"]), batch_size=1)
         self.last_evaluation = EvaluationResult(stage, result.scores.detach().float().cpu(), c.captions, c.fnames,
                                                 c.caption_clip.cpu(), dict(metrics))
         if stage == "test" and self.trainer.is_global_zero:

@@ -137,3 +137,22 @@ def test_weighted_sampler_honours_the_weights():
     assert again != [i for i, _ in sampler] and len(again) == n  # epochs differ, and replay under set_epoch
     sampler.set_epoch(1)
     assert [i for i, _ in sampler] == again
+
+
+def test_evaluation_loaders_are_named_by_the_data_module(trees, tmp_path):
+    from types import SimpleNamespace
+
+    from coattn.train.evaluation import EvalAccumulator, eval_loaders, relevance_metrics
+
+    acc = EvalAccumulator()
+    single = SimpleNamespace(datamodule=ClothoDataModule(root=str(trees[0] / "clotho")))
+    assert eval_loaders(single, "val", acc) == [(0, None)]  # one dataset: val/t2a_mAP@10, as before
+    named = SimpleNamespace(datamodule=multi(trees[0], val=["audiocaps", "clotho"]))
+    assert eval_loaders(named, "val", acc) == [(0, "audiocaps"), (1, "clotho")]
+    acc._parts = {0: {"x": []}, 1: {"x": []}}  # loaders without a data module: named by their index
+    assert eval_loaders(SimpleNamespace(datamodule=None), "test", acc) == [(0, None), (1, "1")]
+    rel = tmp_path / "rel.csv"
+    rel.write_text("query,audio_filenames\nnot a caption,\"['x.wav']\"\n")
+    dm = ClothoDataModule(root=str(trees[0] / "clotho"), relevance_files={"val": str(rel)})
+    sanity = SimpleNamespace(datamodule=dm, sanity_checking=True)  # a few batches: no relevance scoring
+    assert relevance_metrics(sanity, "val", 0, None, None) == ({}, {})

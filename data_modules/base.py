@@ -1,4 +1,4 @@
-"""``AudioCaptionDataModule``: the base class Clotho and AudioCaps subclass.
+"""``AudioCaptionDataModule``: the base class of the Clotho, AudioCaps, WavCaps and multi-dataset modules.
 
 Subclasses only say where clips and captions are (``split_source``); this class owns the
 Lightning side they share: stage names to splits, the exclude file, the missing-clip reports,
@@ -26,7 +26,7 @@ SPLIT_ALIASES = {"train": "train", "fit": "train", "val": "val", "validate": "va
 
 
 class AudioCaptionDataModule(pl.LightningDataModule):
-    """Shared base of ``ClothoDataModule`` and ``AudioCapsDataModule``.
+    """Shared base of ``ClothoDataModule``, ``AudioCapsDataModule``, ``WavCapsDataModule``, ``MultiDataModule``.
 
     Args:
         batch_size: training batch (items = caption-clip pairs).

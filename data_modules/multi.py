@@ -73,9 +73,8 @@ class MultiDataModule(AudioCaptionDataModule):
         self.datasets = dict(datasets)
         self.weights = {k: float(v) for k, v in (weights or {}).items()}
         self.train = list(train) if train is not None else (list(self.weights) or list(self.datasets))
-        published = lambda s: [n for n, d in self.datasets.items() if s in d.EVAL_SPLITS]  # noqa: E731
-        self.val = list(val) if val is not None else published("val")
-        self.test = list(test) if test is not None else published("test")
+        self.val = list(val) if val is not None else self._publishing("val")
+        self.test = list(test) if test is not None else self._publishing("test")
         for key, names in (("weights", list(self.weights)), ("train", self.train), ("val", self.val),
                            ("test", self.test)):
             unknown = [n for n in names if n not in self.datasets]
@@ -94,6 +93,10 @@ class MultiDataModule(AudioCaptionDataModule):
             dm.report_prefix = f"{name}_"
 
     # -- names and splits -----------------------------------------------------------------------------
+    def _publishing(self, split: str) -> list[str]:
+        """The datasets that publish ``split`` (``EVAL_SPLITS``: not WavCaps)."""
+        return [n for n, d in self.datasets.items() if split in d.EVAL_SPLITS]
+
     def eval_names(self, stage: str) -> list[str]:
         name = SPLIT_ALIASES.get(stage, stage)
         return {"val": self.val, "test": self.test, "predict": self.test[:1]}.get(name, [])

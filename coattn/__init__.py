@@ -35,6 +35,8 @@ _API = {
     "Retriever": "coattn.retrieval",
     "Retrieval": "coattn.retrieval",
     "retrieval_metrics": "coattn.metrics",
+    "multi_relevance_metrics": "coattn.relevance",
+    "read_relevance": "coattn.relevance",
     "load_audio": "coattn.audio",
     "load_clip": "coattn.audio",
     "FeatureStore": "coattn.store",

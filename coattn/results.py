@@ -8,6 +8,7 @@ then `os.replace`), so a crash or a concurrent reader never sees half a file:
                         (`recompute_from_npz`), or try another metric, without the model
     submission_t2a.csv  DCASE task 6b text->audio submission: `caption,fname_1..fname_10`,
                         the 10 best clips per caption in rank order (same tie rule as ranks)
+`write_submission_2025` adds submission_dcase2025.csv, the 2025 format (below).
 """
 
 from __future__ import annotations
@@ -153,6 +154,33 @@ def write_results(
 
     atomic_write(paths["submission"], write_csv, binary=False)
     return paths
+
+
+def write_submission_2025(path: str | os.PathLike, scores: Tensor, captions: Sequence[str],
+                          clip_names: Sequence[str]) -> Path:
+    """DCASE 2025 task 6 predictions: the full score matrix, as the baseline's ``d25_t6/predict.py``
+    writes it (CPJKU/dcase2025_task6_baseline @ c78422fc): header ``index,<clip 1>,...,<clip M>``
+    (clip file names), one row per distinct query (first occurrence; the baseline keys a dict by the
+    query text) holding its score for every clip. ``%.9g`` keeps float32 scores exact, so no ties are
+    made by rounding. The task page's own format text could not be read here: this follows the
+    baseline's code (its example file, resources/example_predictions.csv, is not in the snapshot read).
+    """
+    s = scores.detach().to("cpu", torch.float32).numpy()
+    if s.shape != (len(captions), len(clip_names)):
+        raise ValueError(f"scores {s.shape} need {len(captions)} captions x {len(clip_names)} clips")
+    first: dict[str, int] = {}
+    for i, c in enumerate(captions):
+        first.setdefault(c, i)
+
+    def write_csv(f: io.TextIOBase) -> None:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["index", *clip_names])
+        for cap, i in first.items():
+            w.writerow([cap, *(f"{v:.9g}" for v in s[i].tolist())])
+
+    out = Path(path)
+    atomic_write(out, write_csv, binary=False)
+    return out
 
 
 def recompute_from_npz(path: str | os.PathLike, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:

@@ -5,6 +5,10 @@ Expected layout (every path is an option; relative paths are under ``root``):
     root/train.csv  root/val.csv  root/test.csv       audiocap_id,youtube_id,start_time,caption
     root/audio/train/  root/audio/val/  root/audio/test/   one 10 s clip per (youtube_id, start_time)
 
+or aac-datasets' ``root/AUDIOCAPS/{csv_files_v1/<split>.csv, audio_32000Hz/<split>/<ytid>_<start>.flac}``
+(``layout``, data_modules/layouts.py). Each clip's identity key is ``audioset:<youtube_id>`` (an
+AudioSet segment: WavCaps' AudioSet_SL part names the same recordings ``Y<youtube_id>.wav``).
+
 AudioCaps ships captions only; the audio comes from YouTube, and deleted videos mean part of
 it is always missing (typically 5-10 %). Missing clips are counted, written to
 ``missing_<split>.txt`` and skipped: never fatal. One row per caption: train has 1 caption
@@ -13,12 +17,12 @@ per clip (49,838 clips in v1), val and test 5 (495 and 975 clips), grouped here 
 """
 from __future__ import annotations
 
-import os
 import string
 from pathlib import Path
 
 from data_modules.base import AudioCaptionDataModule
-from data_modules.splits import SplitSource, read_csv_rows
+from data_modules.layouts import AUDIOCAPS_TEMPLATE, Layout, audiocaps_layout
+from data_modules.splits import FolderIndex, SplitSource, read_csv_rows
 
 COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
 TEMPLATE_FIELDS = {"audiocap_id", "youtube_id", "start_time", "start", "end"}
@@ -39,26 +43,6 @@ def template_name(template: str, row: dict[str, str]) -> str:
                            start_time=row["start_time"], start=start, end=start + 10.0)
 
 
-class _FolderIndex:
-    """The names in one audio folder, listed once (a 50k-clip folder: one scandir, not 150k stats)."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        try:
-            self.names = {e.name for e in os.scandir(folder)}
-        except FileNotFoundError:
-            self.names = set()
-
-    def find(self, name: str, extensions: tuple[str, ...]) -> str | None:
-        """``name`` if present, else the same stem with the first extension that exists."""
-        stem, ext = os.path.splitext(name)
-        candidates = [name] + [stem + e for e in extensions if e != ext]
-        for c in candidates:
-            if ("/" in c and (self.folder / c).is_file()) or c in self.names:
-                return c
-        return None
-
-
 class AudioCapsDataModule(AudioCaptionDataModule):
     """AudioCaps from ``root``.
 
@@ -69,21 +53,27 @@ class AudioCapsDataModule(AudioCaptionDataModule):
         file_template: file name of a clip, from the fields audiocap_id, youtube_id, start_time (as
             in the csv), start, end (floats): "{youtube_id}.wav", "Y{youtube_id}.wav",
             "{youtube_id}_{start_time}.wav", "{audiocap_id}.flac", "{youtube_id}_{start:.3f}.wav"...
+            Default: "{youtube_id}.wav", or aac-datasets' "{youtube_id}_{start_time}.flac" in that layout.
         extensions: tried in order when the templated name is absent (same stem, other extension).
+        layout: ``auto`` (aac-datasets' ``AUDIOCAPS`` folder when present, else the layout above),
+            ``default`` or ``aac-datasets``; in the aac-datasets layout the paths above are under
+            ``AUDIOCAPS/`` (csv_files_v1/ or the v1 csvs directly, audio_32000Hz/).
         **kwargs: the shared options of ``AudioCaptionDataModule``.
     """
 
-    def __init__(self, root: str, train_csv: str = "train.csv", val_csv: str = "val.csv",
-                 test_csv: str = "test.csv", train_audio_dir: str = "audio/train", val_audio_dir: str = "audio/val",
-                 test_audio_dir: str = "audio/test", file_template: str = "{youtube_id}.wav",
-                 extensions: list[str] | None = None, **kwargs):
+    def __init__(self, root: str, train_csv: str | None = None, val_csv: str | None = None,
+                 test_csv: str | None = None, train_audio_dir: str | None = None, val_audio_dir: str | None = None,
+                 test_audio_dir: str | None = None, file_template: str | None = None,
+                 extensions: list[str] | None = None, layout: Layout = "auto", **kwargs):
         super().__init__(**kwargs)
-        check_template(file_template)
         self.root = Path(root)
-        self.csvs = {"train": self._under_root(train_csv), "val": self._under_root(val_csv),
-                     "test": self._under_root(test_csv)}
-        self.audio_dirs = {"train": self._under_root(train_audio_dir), "val": self._under_root(val_audio_dir),
-                           "test": self._under_root(test_audio_dir)}
+        self.layout, csv_dir, audio_root = audiocaps_layout(self.root, layout)
+        file_template = file_template or (AUDIOCAPS_TEMPLATE if self.layout == "aac-datasets" else "{youtube_id}.wav")
+        check_template(file_template)
+        csvs, audio = {"train": train_csv, "val": val_csv, "test": test_csv}, \
+            {"train": train_audio_dir, "val": val_audio_dir, "test": test_audio_dir}
+        self.csvs = {k: self._under_root(v) if v else csv_dir / f"{k}.csv" for k, v in csvs.items()}
+        self.audio_dirs = {k: self._under_root(v) if v else audio_root / k for k, v in audio.items()}
         self.file_template = file_template
         exts = extensions if extensions is not None else [".wav", ".flac", ".ogg"]
         self.extensions = tuple(e if e.startswith(".") else "." + e for e in exts)
@@ -96,7 +86,7 @@ class AudioCapsDataModule(AudioCaptionDataModule):
         if not path.is_file():
             raise FileNotFoundError(f"AudioCaps {name} caption file {path} not found; set root or {name}_csv")
         rows = read_csv_rows(path, COLUMNS)
-        index = _FolderIndex(self.audio_dirs[name])
+        index = FolderIndex(self.audio_dirs[name])
         # Group captions by clip: (youtube_id, start_time) identifies 10 s of a video. The file is
         # the first templated name found among the clip's rows ({audiocap_id} differs per row).
         clip_file: dict[tuple[str, str], str] = {}
@@ -114,4 +104,5 @@ class AudioCapsDataModule(AudioCaptionDataModule):
                 clip_file[key], clip_found[key] = found or wanted, found is not None
             out.append((key, row["caption"], line))
         return SplitSource(name, self.audio_dirs[name], path,
-                           [(clip_file[key], [caption], line) for key, caption, line in out])
+                           [(clip_file[key], [caption], line) for key, caption, line in out],
+                           {f: f"audioset:{key[0]}" for key, f in clip_file.items()})

@@ -1,4 +1,4 @@
-"""``AudioCaptionDataModule``: the base class Clotho and AudioCaps subclass.
+"""``AudioCaptionDataModule``: the base class of the Clotho, AudioCaps, WavCaps and multi-dataset modules.
 
 Subclasses only say where clips and captions are (``split_source``); this class owns the
 Lightning side they share: stage names to splits, the exclude file, the missing-clip reports,
@@ -15,6 +15,7 @@ from typing import Literal
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
+from coattn.errors import ConfigError
 from data_modules.datasets import ClipDataset, EpochSampler, TrainDataset, collate
 from data_modules.splits import Split, SplitSource, make_split
 
@@ -25,7 +26,7 @@ SPLIT_ALIASES = {"train": "train", "fit": "train", "val": "val", "validate": "va
 
 
 class AudioCaptionDataModule(pl.LightningDataModule):
-    """Shared base of ``ClothoDataModule`` and ``AudioCapsDataModule``.
+    """Shared base of ``ClothoDataModule``, ``AudioCapsDataModule``, ``WavCapsDataModule``, ``MultiDataModule``.
 
     Args:
         batch_size: training batch (items = caption-clip pairs).
@@ -46,14 +47,23 @@ class AudioCaptionDataModule(pl.LightningDataModule):
             writes one: ``<report>.exclude.txt``); '#' starts a comment.
         report_dir: where the lists of missing/rejected clips go (``missing_<split>.txt``);
             default: the trainer's log_dir, else ``<tmp>/coattn-data-reports``.
+        relevance_files: DCASE 2025 multi-relevance files per evaluation split, e.g. ``{test:
+            metadata_eval.csv}`` (``coattn.relevance``): test then also reports mAP@16 and R@k with
+            several relevant clips per query. Without one, one relevant clip per caption (the default).
+        relevance_threshold: for graded files (``caption,file_name,relevance``): pairs scoring at
+            least this are relevant. The official 2025 file is already binary (no threshold).
     """
+
+    # The evaluation splits the dataset publishes (WavCaps: none; MultiDataModule validates on these).
+    EVAL_SPLITS: tuple[str, ...] = ("val", "test")
 
     def __init__(self, batch_size: int = 32, eval_batch_size: int = 16, num_workers: int = 0,
                  pin_memory: bool = False, persistent_workers: bool = False, sample_rate: int = 48000,
                  clip_seconds: float = 10.0, train_crop: Literal["random", "start", "centre"] = "random",
                  eval_crop: Literal["start", "centre"] = "start", train_items: Literal["caption", "clip"] = "caption",
                  seed: int = 0, augmentation_file: str | None = None, augment_prob: float = 0.0,
-                 exclude_file: str | None = None, report_dir: str | None = None):
+                 exclude_file: str | None = None, report_dir: str | None = None,
+                 relevance_files: dict[str, str] | None = None, relevance_threshold: float | None = None):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1 or num_workers < 0:
             raise ValueError("batch_size and eval_batch_size must be >= 1 and num_workers >= 0")
@@ -69,7 +79,14 @@ class AudioCaptionDataModule(pl.LightningDataModule):
         self.seed = seed
         self.augmentation_file, self.augment_prob = augmentation_file, augment_prob
         self.exclude_file, self.report_dir = exclude_file, report_dir
+        unknown = set(relevance_files or {}) - {"val", "test"}
+        if unknown:
+            raise ConfigError(f"data relevance_files: unknown split(s) {sorted(unknown)}; use val and/or test")
+        self.relevance_files, self.relevance_threshold = dict(relevance_files or {}), relevance_threshold
         self._exclude: frozenset[str] | None = None
+        # identity keys to leave out of training (MultiDataModule: clips of any dataset's evaluation splits)
+        self.train_exclude_keys: frozenset[str] = frozenset()
+        self.report_prefix = ""  # MultiDataModule: "<dataset>_" so the datasets' reports do not collide
         self._splits: dict[str, Split] = {}
         self._datasets: dict[str, Dataset] = {}
         self._paraphrases: dict[str, list[str]] | None = None
@@ -96,7 +113,7 @@ class AudioCaptionDataModule(pl.LightningDataModule):
         name = "test" if name == "predict" else name
         if name not in self._splits:
             source = self.split_source(name)
-            s = make_split(source, self.excluded_names())
+            s = make_split(source, self.excluded_names(), self.excluded_keys(name))
             if len(s) == 0:
                 raise ValueError(f"{name} split has no usable clips in {s.audio_dir} (listed in {source.csv}: "
                                  f"{len(s.missing)} missing, {len(s.rejected)} rejected, {len(s.excluded)} excluded); "
@@ -116,11 +133,25 @@ class AudioCaptionDataModule(pl.LightningDataModule):
             self._exclude = frozenset(names)
         return self._exclude
 
+    def excluded_keys(self, name: str) -> frozenset[str]:
+        """Identity keys (``SplitSource.keys``) to leave out of split ``name`` (WavCaps adds its blacklists)."""
+        return self.train_exclude_keys if name == "train" else frozenset()
+
+    def eval_names(self, stage: str) -> list[str]:
+        """Names of the evaluation loaders of a stage, in loader order; [] = one unnamed loader (``val/...``)."""
+        return []
+
+    def relevance(self, stage: str, index: int = 0) -> tuple[str, float | None] | None:
+        """(multi-relevance file, threshold) of the split behind ``stage`` (loader ``index``), if it has one."""
+        path = self.relevance_files.get(SPLIT_ALIASES.get(stage, stage))
+        return (path, self.relevance_threshold) if path else None
+
     def _report(self, s: Split, source: SplitSource) -> None:
         """Once per split (rank 0): a warning with counts, and the lists written to files."""
         if not (s.missing or s.rejected) or getattr(self.trainer, "global_rank", 0) != 0:
             if s.excluded:
-                log.info("%s split: %d clips left out by %s", s.name, len(s.excluded), self.exclude_file)
+                log.info("%s split: %d clips left out (exclude_file %s, excluded keys)", s.name, len(s.excluded),
+                         self.exclude_file)
             return
         out = Path(self.report_dir or getattr(self.trainer, "log_dir", None) or
                    Path(tempfile.gettempdir()) / "coattn-data-reports")
@@ -128,7 +159,7 @@ class AudioCaptionDataModule(pl.LightningDataModule):
         files = []
         for kind, names in (("missing", s.missing), ("rejected", s.rejected)):
             if names:
-                f = out / f"{kind}_{s.name}.txt"
+                f = out / f"{kind}_{self.report_prefix}{s.name}.txt"
                 f.write_text("".join(n + "\n" for n in names), encoding="utf-8")
                 files.append(str(f))
         total = len(s) + len(s.missing) + len(s.rejected) + len(s.excluded)

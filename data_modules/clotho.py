@@ -6,16 +6,24 @@ Expected layout (v2.1; v1 has no validation files, see ``val_size``):
     root/validation/*.wav       root/clotho_captions_validation.csv
     root/evaluation/*.wav       root/clotho_captions_evaluation.csv
 
-Caption files: ``file_name,caption_1,...,caption_5``. Stages: fit = development (train) +
-validation (val); validate = validation; test and predict = evaluation (the split the
-retrieval literature reports on: 1,045 clips x 5 captions).
+or aac-datasets' ``root/CLOTHO_v2.1/{clotho_csv_files,clotho_audio_files/<folder>}`` (``layout``,
+data_modules/layouts.py). Caption files: ``file_name,caption_1,...,caption_5``. Stages: fit =
+development (train) + validation (val); validate = validation; test and predict = evaluation (the
+split the retrieval literature reports on: 1,045 clips x 5 captions).
+
+When ``clotho_metadata_<folder>.csv`` lies beside the captions (Clotho's release ships it:
+``file_name,keywords,sound_id,...``), each clip's identity key is ``freesound:<sound_id>``, so
+``MultiDataModule`` recognises the same Freesound recording in WavCaps' FreeSound part.
 """
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from pathlib import Path
 
 from data_modules.base import AudioCaptionDataModule
+from data_modules.layouts import Layout, clotho_layout
 from data_modules.splits import SplitSource, read_csv_rows, stable_fraction
 
 log = logging.getLogger("coattn.data")
@@ -30,6 +38,26 @@ def read_clotho_csv(path: str | Path) -> list[tuple[str, list[str], int]]:
             for line, row in read_csv_rows(path, ("file_name", *CAPTION_COLUMNS))]
 
 
+def read_clotho_sound_ids(path: Path) -> dict[str, str]:
+    """file_name -> ``freesound:<sound_id>`` from a Clotho metadata CSV ({} without the file or the column).
+
+    The v2.1 metadata files are not all UTF-8 (aac-datasets reads them as ISO-8859-1): UTF-8 is
+    tried first so that names match the caption files, then ISO-8859-1.
+    """
+    if not path.is_file():
+        return {}
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("iso-8859-1")
+    rows = csv.DictReader(io.StringIO(text, newline=""))
+    if not {"file_name", "sound_id"} <= set(rows.fieldnames or []):
+        return {}
+    return {r["file_name"]: f"freesound:{r['sound_id'].strip()}" for r in rows
+            if r.get("file_name") and (r.get("sound_id") or "").strip().isdigit()}
+
+
 class ClothoDataModule(AudioCaptionDataModule):
     """Clotho from ``root``; every path can be overridden (relative paths are under ``root``).
 
@@ -41,18 +69,21 @@ class ClothoDataModule(AudioCaptionDataModule):
         val_size: Clotho v1 (no validation csv): clips of development carved out as validation.
             Chosen by a hash of the file name, so the carve does not depend on ``seed`` and
             stays put when rows are added.
+        layout: ``auto`` (aac-datasets' ``CLOTHO_<version>`` folder when present, else the layout
+            above), ``default`` or ``aac-datasets`` (data_modules/layouts.py).
         **kwargs: the shared options of ``AudioCaptionDataModule`` (batch sizes, workers, crops...).
     """
 
     def __init__(self, root: str, train_csv: str | None = None, val_csv: str | None = None,
                  test_csv: str | None = None, train_audio_dir: str | None = None, val_audio_dir: str | None = None,
-                 test_audio_dir: str | None = None, val_size: int = 200, **kwargs):
+                 test_audio_dir: str | None = None, val_size: int = 200, layout: Layout = "auto", **kwargs):
         super().__init__(**kwargs)
         self.root = Path(root)
         folders = DEFAULT_FOLDERS
-        self.csvs = {k: self._under_root(v or f"clotho_captions_{folders[k]}.csv")
+        self.layout, csv_dir, audio_root = clotho_layout(self.root, layout)
+        self.csvs = {k: self._under_root(v) if v else csv_dir / f"clotho_captions_{folders[k]}.csv"
                      for k, v in (("train", train_csv), ("val", val_csv), ("test", test_csv))}
-        self.audio_dirs = {k: self._under_root(v or folders[k])
+        self.audio_dirs = {k: self._under_root(v) if v else audio_root / folders[k]
                            for k, v in (("train", train_audio_dir), ("val", val_audio_dir), ("test", test_audio_dir))}
         self.val_size = val_size
         self._explicit_val = val_csv is not None
@@ -82,5 +113,11 @@ class ClothoDataModule(AudioCaptionDataModule):
                 log.info("Clotho v1 layout (no %s): validation = %d clips carved from development",
                          self.csvs["val"], len(val_names))
             keep = [r for r in rows if (r[0] in val_names) == (name == "val")]
-            return SplitSource(name, self.audio_dirs["train"], self.csvs["train"], keep)
-        return SplitSource(name, self.audio_dirs[name], self.csvs[name], self._rows(name))
+            return SplitSource(name, self.audio_dirs["train"], self.csvs["train"], keep, self._keys("train"))
+        return SplitSource(name, self.audio_dirs[name], self.csvs[name], self._rows(name), self._keys(name))
+
+    def _keys(self, name: str) -> dict[str, str]:
+        """Freesound identity keys from the split's metadata file beside its captions (module docstring)."""
+        captions = self.csvs[name]
+        meta = captions.with_name(captions.name.replace("clotho_captions_", "clotho_metadata_"))
+        return read_clotho_sound_ids(meta) if meta != captions else {}

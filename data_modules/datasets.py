@@ -82,11 +82,15 @@ class TrainDataset(Dataset):
 
     The draw (a 62-bit integer chosen in the main process) seeds the crop, the caption choice
     and the paraphrase choice, so an epoch is reproducible whatever the number of workers.
+    ``clip_ids`` (one per clip of the split) replace the clip's position as its ``clip_index``:
+    ``MultiDataModule`` gives one id to the same recording in several datasets, so the loss masks them.
     """
 
     def __init__(self, split: Split, sample_rate: int, length: int, items: Literal["caption", "clip"] = "caption",
-                 crop: str = "random", paraphrases: dict[str, list[str]] | None = None, augment_prob: float = 0.0):
+                 crop: str = "random", paraphrases: dict[str, list[str]] | None = None, augment_prob: float = 0.0,
+                 clip_ids: list[int] | None = None):
         self.split, self.items_mode, self.crop = split, items, crop
+        self.clip_ids = clip_ids
         self.reader = _ClipReader(split, sample_rate, length)
         self.paraphrases, self.augment_prob = paraphrases or {}, augment_prob
         if items == "caption":
@@ -123,7 +127,8 @@ class TrainDataset(Dataset):
         caption = self.caption_for(index, rng)
         generator = torch.Generator().manual_seed(int(draw))
         audio, ok = self.reader.read(clip, self.crop, generator)
-        return {"audio": audio, "clip_index": clip, "fname": self.split.fnames[clip], "captions": [caption],
+        clip_id = clip if self.clip_ids is None else self.clip_ids[clip]
+        return {"audio": audio, "clip_index": clip_id, "fname": self.split.fnames[clip], "captions": [caption],
                 "valid": ok}
 
 
@@ -203,3 +208,47 @@ class EpochSampler(Sampler):
         seq = self.order(epoch)
         draws = np.random.default_rng([self.seed, epoch, 1]).integers(0, 2 ** 62, size=len(seq))
         return iter(zip(seq, (int(d) for d in draws)))
+
+
+class WeightedEpochSampler(Sampler):
+    """Training order of ``MultiDataModule``: ``num_items`` draws of (item, draw) pairs per epoch.
+
+    Each draw picks dataset d with probability ``weights[d] / sum(weights)`` (independently, so the
+    share of d in an epoch is binomial around its weight), then d's next item in a permutation of its
+    items seeded by (seed, epoch, d), re-shuffled when used up: within an epoch an item repeats only
+    once all of d's items were drawn. ``set_epoch`` (Lightning calls it) makes epochs resumable.
+    Same-clip pairs in a batch are rare here and masked by the loss (``clip_index`` is global).
+    """
+
+    def __init__(self, groups: list[list[int]], weights: list[float], num_items: int, seed: int = 0):
+        if len(groups) != len(weights) or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"need one non-negative weight per group with a positive sum, got {weights}")
+        if any(w > 0 and not g for g, w in zip(groups, weights)):
+            raise ValueError("a group with a positive weight has no items")
+        self.groups = [np.asarray(g, dtype=np.int64) for g in groups]
+        self.p = np.asarray(weights, dtype=np.float64) / float(sum(weights))
+        self.num_items, self.seed, self.epoch = num_items, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def order(self, epoch: int) -> np.ndarray:
+        which = np.random.default_rng([self.seed, epoch, 2]).choice(len(self.groups), size=self.num_items, p=self.p)
+        out = np.empty(self.num_items, dtype=np.int64)
+        for d, g in enumerate(self.groups):
+            slots = np.flatnonzero(which == d)
+            if len(slots):
+                rng = np.random.default_rng([self.seed, epoch, 3, d])
+                laps = -(-len(slots) // len(g))  # permutations needed to fill the slots
+                out[slots] = np.concatenate([rng.permutation(g) for _ in range(laps)])[:len(slots)]
+        return out
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        self.epoch += 1
+        seq = self.order(epoch)
+        draws = np.random.default_rng([self.seed, epoch, 1]).integers(0, 2 ** 62, size=len(seq))
+        return iter(zip((int(i) for i in seq), (int(d) for d in draws)))

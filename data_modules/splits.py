@@ -70,18 +70,42 @@ def resolve_in_root(root: str | Path, name: str, root_resolved: Path | None = No
     return path
 
 
+class FolderIndex:
+    """The names in one audio folder, listed once (a 50k-clip folder: one scandir, not 150k stats)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        try:
+            self.names = {e.name for e in os.scandir(folder)}
+        except FileNotFoundError:
+            self.names = set()
+
+    def find(self, name: str, extensions: tuple[str, ...]) -> str | None:
+        """``name`` if present, else the same stem with the first extension that exists."""
+        stem, ext = os.path.splitext(name)
+        candidates = [name] + [stem + e for e in extensions if e != ext]
+        for c in candidates:
+            if ("/" in c and (self.folder / c).is_file()) or c in self.names:
+                return c
+        return None
+
+
 @dataclass
 class SplitSource:
     """What a caption file says about a split, before any file is looked at.
 
     rows: (file name relative to ``audio_dir``, captions of that row, line in ``csv``).
     Rows naming the same file are merged into one clip (AudioCaps: one row per caption).
+    keys: file name -> the recording's identity across datasets (``audioset:<youtube id>``,
+    ``freesound:<sound id>``...), where the files say it; ``MultiDataModule`` gives clips sharing a
+    key one clip id, and ``exclude_keys`` / WavCaps blacklists leave keys out.
     """
 
     name: str
     audio_dir: Path
     csv: Path
     rows: list[tuple[str, list[str], int]]
+    keys: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,17 +120,20 @@ class Split:
     missing: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)  # fname -> identity key (SplitSource.keys)
 
     def __len__(self) -> int:
         return len(self.fnames)
 
 
-def make_split(source: SplitSource, exclude: set[str] | frozenset[str] = frozenset()) -> Split:
+def make_split(source: SplitSource, exclude: set[str] | frozenset[str] = frozenset(),
+               exclude_keys: set[str] | frozenset[str] = frozenset()) -> Split:
     """Keep the clips whose audio exists, is safe and is not excluded; the rest is listed, never fatal.
 
     Empty captions are dropped; a clip left without captions is dropped too. A row repeated
     verbatim (same file, same captions) is read once. Both are counted in one warning.
-    ``exclude`` holds file names (e.g. the unreadable clips ``coattn data-check`` found) to leave out up front.
+    ``exclude`` holds file names (e.g. the unreadable clips ``coattn data-check`` found) to leave out up front;
+    ``exclude_keys`` identity keys (``source.keys``: WavCaps blacklists, evaluation overlap), also listed as excluded.
     """
     audio_dir = source.audio_dir
     order: list[str] = []
@@ -130,6 +157,7 @@ def make_split(source: SplitSource, exclude: set[str] | frozenset[str] = frozens
                     "captions%s", source.name, source.csv, n_dup_rows, n_empty, len(no_caption),
                     f" (skipped, e.g. {no_caption[:3]})" if no_caption else "")
     split = Split(source.name, audio_dir, [], [], [])
+    keys = source.keys
     root_resolved = audio_dir.resolve()
     for fname in order:
         try:
@@ -138,7 +166,7 @@ def make_split(source: SplitSource, exclude: set[str] | frozenset[str] = frozens
             split.rejected.append(fname)
             log.error("%s split: rejected a row of %s: %s", source.name, source.csv, exc)
             continue
-        if fname in exclude:
+        if fname in exclude or keys.get(fname) in exclude_keys:
             split.excluded.append(fname)
         elif not path.is_file():
             split.missing.append(fname)
@@ -146,6 +174,8 @@ def make_split(source: SplitSource, exclude: set[str] | frozenset[str] = frozens
             split.fnames.append(fname)
             split.paths.append(path)
             split.captions.append(caps[fname])
+            if fname in keys:
+                split.keys[fname] = keys[fname]
     return split
 
 

@@ -2,6 +2,7 @@
 
     coattn data-check clotho /data/clotho --report runs/clotho_check.json
     coattn data-check audiocaps /data/audiocaps --arg file_template='Y{youtube_id}.wav' --workers 2
+    coattn data-check wavcaps /data/WavCaps --splits train --rates 32000
 
 Reads the caption files exactly as the data module does (``--arg key=value`` passes any
 data-module option), then opens every listed clip. Prints one table (problems x splits) and
@@ -144,7 +145,7 @@ def check_split(dm, name: str, rates: set[int], max_channels: int, silence_dbfs:
 
 
 def build_module(dataset: str, root: str, args: list[str]):
-    from data_modules import AudioCapsDataModule, ClothoDataModule
+    from data_modules import AudioCapsDataModule, ClothoDataModule, WavCapsDataModule
 
     kwargs = {}
     for a in args:
@@ -155,14 +156,14 @@ def build_module(dataset: str, root: str, args: list[str]):
             kwargs[k] = json.loads(v)
         except ValueError:
             kwargs[k] = v
-    cls = {"clotho": ClothoDataModule, "audiocaps": AudioCapsDataModule}[dataset]
+    cls = {"clotho": ClothoDataModule, "audiocaps": AudioCapsDataModule, "wavcaps": WavCapsDataModule}[dataset]
     return cls(root=root, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="coattn data-check", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", choices=["clotho", "audiocaps"])
+    p.add_argument("dataset", choices=["clotho", "audiocaps", "wavcaps"])
     p.add_argument("root")
     p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
                    help="data-module option, e.g. --arg val_csv=my_val.csv --arg file_template='Y{youtube_id}.wav'")

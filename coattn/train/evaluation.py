@@ -1,5 +1,5 @@
 """Evaluation in the app: the ``model.evaluation`` settings, the one accumulator that validation,
-test and predict share, and the files ``test`` and ``predict`` write.
+test and predict share (one part per dataloader), and the files ``test`` and ``predict`` write.
 
     coattn test    --config experiments/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
     coattn predict --config experiments/demo.yaml --ckpt_path runs/demo/checkpoints/best.ckpt
@@ -10,7 +10,12 @@ the end of the epoch the features are gathered over ranks (sampler repeats remov
 
     validate / test   the ``Retriever`` scores all captions x all clips; metrics (and the dual
                       branch's own mAP@10) are logged; ``test`` prints the table and writes
-                      ``metrics.json``, ``scores.npz``, ``submission_t2a.csv`` (coattn/results.py)
+                      ``metrics.json``, ``scores.npz``, ``submission_t2a.csv`` and the DCASE 2025
+                      ``submission_dcase2025.csv`` (coattn/results.py). Several loaders (data
+                      ``MultiDataModule``): each is scored alone and logged as ``<stage>/<name>/...``
+                      (``eval_loaders``), its files in ``<results>/<name>/``. A split with a
+                      multi-relevance file (data ``relevance_files``) also gets ``multi_mAP@16``...
+                      (coattn/relevance.py)
     predict           ``embeddings.npz``: clip_embeddings (M, E), caption_embeddings (N, E) (float32,
                       L2-normalised dual vectors: cosine = dot product = s_dual), fnames (M,),
                       captions (N,), caption_clip (N,) = row of each caption's clip, clip_index (M,);
@@ -94,16 +99,19 @@ class Collected:
 
 
 class EvalAccumulator:
-    """Encoder outputs of every batch of an evaluation epoch (module docstring)."""
+    """Encoder outputs of every batch of an evaluation epoch, per dataloader index (module docstring)."""
 
     def __init__(self):
-        self._parts: dict[str, list] = {}
+        self._parts: dict[int, dict[str, list]] = {}
 
     def __bool__(self) -> bool:
-        return bool(self._parts)
+        return any(self._parts.values())
 
-    def add(self, batch: Batch, audio: SequenceFeatures, text: SequenceFeatures) -> None:
-        p = self._parts
+    def loaders(self) -> list[int]:
+        return sorted(self._parts)
+
+    def add(self, batch: Batch, audio: SequenceFeatures, text: SequenceFeatures, loader: int = 0) -> None:
+        p = self._parts.setdefault(loader, {})
         p.setdefault("audio", []).append(audio)
         p.setdefault("text", []).append(text)
         p.setdefault("clip_index", []).append(batch.clip_index)
@@ -111,9 +119,9 @@ class EvalAccumulator:
         p.setdefault("fnames", []).extend(batch.fnames)
         p.setdefault("captions", []).extend(batch.captions)
 
-    def finish(self) -> Collected | None:
-        """Gather over ranks, concatenate, map captions to clip rows; empties the accumulator."""
-        parts, self._parts = self._parts, {}
+    def finish(self, loader: int = 0) -> Collected | None:
+        """Gather over ranks, concatenate, map captions to clip rows; empties that loader's part."""
+        parts = self._parts.pop(loader, None)
         if not parts:
             return None
         parts = gather_eval(parts)  # DDP: every rank's items, sampler repeats removed, clip order
@@ -125,11 +133,35 @@ class EvalAccumulator:
                          row_of[torch.cat(parts["caption_clip"])], list(parts["fnames"]), list(parts["captions"]))
 
 
+def eval_loaders(trainer, stage: str, collected: EvalAccumulator) -> list[tuple[int, str | None]]:
+    """(dataloader index, dataset name or None) of each loader to score; the name prefixes its metrics
+    (``val/<name>/t2a_mAP@10``). Names come from the data module (``eval_names``); unnamed extra loaders
+    are called by their index."""
+    dm = getattr(trainer, "datamodule", None)
+    names = list(dm.eval_names(stage)) if hasattr(dm, "eval_names") else []
+    if names:
+        return list(enumerate(names))
+    return [(i, str(i) if i else None) for i in (collected.loaders() or [0])]
+
+
+def relevance_metrics(trainer, stage: str, loader: int, c: Collected,
+                      scores: torch.Tensor) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """DCASE 2025 multi-relevance metrics of a scored split when its data module names a relevance file
+    (``relevance_files``), else ({}, {})."""
+    dm = getattr(trainer, "datamodule", None)
+    spec = dm.relevance(stage, loader) if hasattr(dm, "relevance") else None
+    if spec is None or trainer.sanity_checking:  # the sanity check scores a few batches, not the split
+        return {}, {}
+    from coattn.relevance import multi_relevance_metrics
+    return multi_relevance_metrics(scores, c.captions, c.fnames, *spec)
+
+
 def write_test_results(out: Path, c: Collected, scores: torch.Tensor, metrics: dict, per_query: dict,
-                       bootstrap: int, extra: dict) -> None:
-    """Print the metrics table (first: a failed write never loses it), then write the result files."""
+                       bootstrap: int, extra: dict, multi: tuple[dict, dict] = ({}, {})) -> None:
+    """Print the metrics table (first: a failed write never loses it), then write the result files;
+    ``multi``: the multi-relevance (metrics, per-query vectors) of ``relevance_metrics``."""
     from coattn.metrics import bootstrap_ci, chance_metrics
-    from coattn.results import format_table, write_results
+    from coattn.results import format_table, write_results, write_submission_2025
 
     n_per_clip = torch.bincount(c.caption_clip, minlength=len(c.fnames))
     chance = chance_metrics(c.caption_clip, len(c.fnames))
@@ -137,11 +169,26 @@ def write_test_results(out: Path, c: Collected, scores: torch.Tensor, metrics: d
     extra = {**extra, "n_captions": len(c.captions), "n_clips": len(c.fnames),
              "captions_per_clip": sorted(set(n_per_clip.tolist()))}
     print(format_table(metrics, chance, ci))
+    if multi[0]:
+        multi_ci = bootstrap_ci(multi[1], n_boot=bootstrap) if bootstrap else {}
+        extra["multi_relevance"] = {"metrics": multi[0], "ci": multi_ci}
+        print(_multi_line(multi[0], multi_ci))
     if extra.get("retrieval_mode") == "rerank":
         print(f"retrieval: rerank, K={extra['rerank_k']}: {extra['cascade_passes']:,} cascade passes "
               f"({100 * extra['cascade_cost_fraction']:.1f} % of exact)")
     paths = write_results(out, scores.cpu(), c.caption_clip.cpu(), c.captions, c.fnames, metrics, ci, chance, extra)
+    paths["submission_2025"] = write_submission_2025(out / "submission_dcase2025.csv", scores, c.captions, c.fnames)
     print(f"results written to {out}: " + ", ".join(p.name for p in paths.values()))
+
+
+def _multi_line(metrics: dict[str, float], ci: dict[str, tuple[float, float]]) -> str:
+    """'DCASE 2025 multi-relevance (1037 queries): mAP@16 40.12 CI [38.9, 41.3], ...' (values in %)."""
+    cells = []
+    for k, v in metrics.items():
+        if k != "multi_queries":
+            lo_hi = f" CI [{100 * ci[k][0]:.2f}, {100 * ci[k][1]:.2f}]" if k in ci else ""
+            cells.append(f"{k.removeprefix('multi_')} {100 * v:.2f}{lo_hi}")
+    return f"DCASE 2025 multi-relevance ({int(metrics['multi_queries'])} queries, values in %): " + ", ".join(cells)
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:

@@ -33,7 +33,8 @@ from coattn.io import atomic_write_text
 from coattn.loss import RetrievalLoss
 from coattn.model import CoAttnModel
 from coattn.results import EvaluationResult
-from coattn.train.evaluation import FUSION_GRID, EvalAccumulator, Evaluation, write_predictions, write_test_results
+from coattn.train.evaluation import (FUSION_GRID, EvalAccumulator, Evaluation, eval_loaders, relevance_metrics,
+                                     write_predictions, write_test_results)
 from coattn.train.optim import Optim
 
 log = logging.getLogger(__name__)
@@ -145,26 +146,37 @@ class CoAttnRetrieval(pl.LightningModule):
         return out["loss"]
 
     # ---- evaluation: encode once, score everything ------------------------------------------------
-    def _collect(self, batch: Batch) -> None:
-        self._collected.add(batch, *self.encode(batch))
+    def _collect(self, batch: Batch, dataloader_idx: int = 0) -> None:
+        self._collected.add(batch, *self.encode(batch), loader=dataloader_idx)
 
     @override
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._collect(batch)
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(batch, dataloader_idx)
 
     @override
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._collect(batch)
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(batch, dataloader_idx)
 
-    def _evaluate(self, stage: str) -> dict[str, float] | None:
+    def _evaluate_all(self, stage: str) -> None:
+        """Score each evaluation loader alone (``<stage>/<name>/...`` when named); callbacks see the first."""
+        first = None
+        for loader, name in eval_loaders(self.trainer, stage, self._collected):
+            if self._evaluate(stage, loader, name) is not None and first is None:
+                first = self.last_evaluation
+        if first is not None:
+            self.last_evaluation = first
+
+    def _evaluate(self, stage: str, loader: int = 0, name: str | None = None) -> dict[str, float] | None:
         from coattn.metrics import aggregate, per_query_metrics
 
-        c = self._collected.finish()
+        prefix = f"{stage}/{name}" if name else stage
+        c = self._collected.finish(loader)
         if c is None:
             return None
         auto = self.evaluation.fusion == "auto"
         result = self.evaluation(self.model, c.audio, c.text, fusion=self.model.fusion_lambda if auto else None)
-        if auto and stage == "val" and result.pair is not None:  # choose lambda here, keep it in the model
+        if auto and stage == "val" and loader == 0 and result.pair is not None:  # choose lambda on the first
+            # validation set, keep it in the model
             best = max(FUSION_GRID, key=lambda lam: aggregate(per_query_metrics(result.fused(lam), c.caption_clip))[
                 "t2a_mAP@10"])  # max() keeps the first (smallest) of equal lambdas
             self.model.fusion_lambda.fill_(best)
@@ -172,37 +184,39 @@ class CoAttnRetrieval(pl.LightningModule):
         self.last_retrieval = result.info
         per_query = per_query_metrics(result.scores, c.caption_clip)  # ranks once, reused by the CIs
         metrics = aggregate(per_query)
-        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=False, batch_size=1)
+        self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=False, batch_size=1)
         if self.model.has_pairwise:  # each branch's own quality (the dual one is what rerank starts from)
             branches = {"dual": result.dual, "pair": result.pair if result.info["fusion_lambda"] else None}
-            for name, s in branches.items():
+            for branch, s in branches.items():
                 if s is not None:
                     own = aggregate(per_query_metrics(s, c.caption_clip))
-                    self.log_dict({f"{stage}/{name}_{k}": own[k] for k in ("t2a_mAP@10", "a2t_mAP@10")},
+                    self.log_dict({f"{prefix}/{branch}_{k}": own[k] for k in ("t2a_mAP@10", "a2t_mAP@10")},
                                   sync_dist=False, batch_size=1)
-            self.log(f"{stage}/fusion_lambda", float(result.info["fusion_lambda"]), batch_size=1)
+            self.log(f"{prefix}/fusion_lambda", float(result.info["fusion_lambda"]), batch_size=1)
+        multi = relevance_metrics(self.trainer, stage, loader, c, result.scores)  # DCASE 2025 file, if any
+        self.log_dict({f"{prefix}/{k}": v for k, v in multi[0].items()}, sync_dist=False, batch_size=1)
         self.last_evaluation = EvaluationResult(stage, result.scores.detach().float().cpu(), c.captions, c.fnames,
                                                 c.caption_clip.cpu(), dict(metrics))
         if stage == "test" and self.trainer.is_global_zero:
             extra = {"ckpt_path": self.trainer.ckpt_path, "cascade": self.model.cascade.kind, **result.info}
-            write_test_results(self.evaluation.output_dir(self.trainer.default_root_dir, "test"), c, result.scores,
-                               metrics, per_query, self.evaluation.bootstrap, extra)
+            out = self.evaluation.output_dir(self.trainer.default_root_dir, "test") / (name or "")
+            write_test_results(out, c, result.scores, metrics, per_query, self.evaluation.bootstrap, extra, multi)
         return metrics
 
     @override
     def on_validation_epoch_end(self) -> None:
-        self._evaluate("val")
+        self._evaluate_all("val")
 
     @override
     def on_test_epoch_end(self) -> None:
-        self._evaluate("test")
+        self._evaluate_all("test")
 
     # ---- predict: embeddings and features of a split ----------------------------------------------
     @override
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict:
         """Encode one batch, keep its features for the epoch's files, return its dual embeddings."""
         audio, text = self.encode(batch)
-        self._collected.add(batch, audio, text)
+        self._collected.add(batch, audio, text, loader=dataloader_idx)
         return {"clip_embeddings": self.model.dual_embed_audio(audio).float().cpu(),
                 "caption_embeddings": self.model.dual_embed_text(text).float().cpu(),
                 "fnames": list(batch.fnames), "captions": list(batch.captions),

@@ -18,6 +18,7 @@ import torch
 import torchaudio
 
 CropMode = Literal["random", "start", "centre"]
+PadMode = Literal["repeat", "zeros"]
 
 # One Resample module per (source, target) rate in each process: building the windowed-sinc
 # kernel costs ~1 ms and Clotho mixes 44.1 and 48 kHz files, so rebuilding per clip adds up.
@@ -86,11 +87,13 @@ def crop_offset(n: int, length: int, mode: CropMode, generator: torch.Generator 
 
 
 def fit_length(wave: torch.Tensor, length: int, mode: CropMode = "random",
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """Crop a longer clip to ``length`` samples, or repeat-pad a shorter one as CLAP does.
+               generator: torch.Generator | None = None, pad: PadMode = "repeat") -> torch.Tensor:
+    """Crop a longer clip to ``length`` samples, or pad a shorter one.
 
-    CLAP's "repeatpad": tile the clip a whole number of times, then zero-pad the remainder
-    (a 4 s clip in a 10 s window = 2 copies + 2 s of zeros).
+    ``pad: repeat`` is CLAP's "repeatpad": tile the clip a whole number of times, then zero-pad the
+    remainder (a 4 s clip in a 10 s window = 2 copies + 2 s of zeros). It blurs order: "A then B"
+    becomes "A B A B". ``pad: zeros`` keeps the clip once, then silence, which the model masks
+    (``ClapAudioEncoder`` ``lengths``).
     """
     n = wave.shape[-1]
     if n == 0:
@@ -98,13 +101,16 @@ def fit_length(wave: torch.Tensor, length: int, mode: CropMode = "random",
     if n >= length:
         start = crop_offset(n, length, mode, generator)
         return wave[start:start + length]
-    wave = wave.repeat(length // n)
+    if pad == "repeat":
+        wave = wave.repeat(length // n)
     return torch.nn.functional.pad(wave, (0, length - wave.shape[-1]))
 
 
 def load_clip(path: str | Path, target_sr: int, length: int, mode: CropMode = "start",
-              generator: torch.Generator | None = None) -> torch.Tensor:
-    """Load exactly the ``length``-sample window a crop needs: (length,) float32 at ``target_sr``.
+              generator: torch.Generator | None = None, pad: PadMode = "repeat",
+              return_length: bool = False) -> torch.Tensor | tuple[torch.Tensor, int]:
+    """Load exactly the ``length``-sample window a crop needs: (length,) float32 at ``target_sr``
+    (with ``return_length``: and how many of its samples are the clip's own, the rest being padding).
 
     Equivalent to ``fit_length(load_audio(path), ...)`` but reads and resamples only the window
     (plus a 64-sample margin for the resampling filter) of clips longer than ``length``: a 30 s
@@ -118,8 +124,11 @@ def load_clip(path: str | Path, target_sr: int, length: int, mode: CropMode = "s
     if frames <= 0:
         raise AudioReadError(path, "zero-length audio (no samples)")
     n_target = resampled_length(frames, sr, target_sr)
-    if n_target <= length + 2:  # short clip: repeat-pad the whole clip
-        return fit_length(load_audio(path, target_sr), length, mode, generator)
+    if n_target <= length + 2:  # short clip: pad the whole clip
+        wave = load_audio(path, target_sr)
+        real = min(wave.shape[-1], length) if pad == "zeros" else length  # repeat: the window is all signal
+        wave = fit_length(wave, length, mode, generator, pad)
+        return (wave, real) if return_length else wave
     start = crop_offset(n_target, length, mode, generator)  # chosen in the target domain
     margin = 64  # source samples either side: the sinc kernel (width ~16 taps at 44.1->48k) settles
     step = sr // math.gcd(sr, target_sr)  # 147 at 44.1->48 kHz: 147 source samples = 160 target samples
@@ -138,4 +147,4 @@ def load_clip(path: str | Path, target_sr: int, length: int, mode: CropMode = "s
     wave = wave[skip:skip + length]
     if wave.shape[-1] < length:  # rounding at the very end of the file: pad a few samples
         wave = torch.nn.functional.pad(wave, (0, length - wave.shape[-1]))
-    return wave
+    return (wave, length) if return_length else wave

@@ -8,6 +8,9 @@
                                         eval: all captions of the B clips, flattened in clip order
     caption_clip    LongTensor  (C,)    clip_index of each caption
     valid           BoolTensor  (B,)    False where the clip could not be read (its audio is silence)
+    audio_lengths   LongTensor  (B,) | None   samples of each clip's own audio in ``audio`` (the rest
+                                        is padding that ``pad: zeros`` left silent and the model
+                                        masks); None when every clip fills its window
     audio_features  SequenceFeatures | None   a frozen audio encoder's cached output (feature cache)
     text_features   SequenceFeatures | None   a frozen text encoder's cached output (feature cache)
 
@@ -35,6 +38,7 @@ class Batch:
     captions: list[str]
     caption_clip: torch.Tensor
     valid: torch.Tensor
+    audio_lengths: torch.Tensor | None = None
     audio_features: SequenceFeatures | None = None
     text_features: SequenceFeatures | None = None
 
@@ -76,5 +80,6 @@ class Batch:
         return Batch(audio=self.audio[keep], clip_index=self.clip_index[keep], fnames=[self.fnames[i] for i in idx],
                      captions=[self.captions[i] for i in idx], caption_clip=self.caption_clip[keep],
                      valid=self.valid[keep],
+                     audio_lengths=None if self.audio_lengths is None else self.audio_lengths[keep],
                      audio_features=None if self.audio_features is None else self.audio_features.index(keep),
                      text_features=None if self.text_features is None else self.text_features.index(keep))

@@ -119,8 +119,9 @@ class CoAttnModel(nn.Module):
         log.info("loaded CLAP projections from %s", path)
 
     # ---- encoding: once per clip / caption --------------------------------------------------
-    def encode_audio(self, waveform: torch.Tensor) -> SequenceFeatures:
-        return self.audio_encoder(waveform)
+    def encode_audio(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> SequenceFeatures:
+        """Frame features of (B, S) waveforms; ``lengths`` (B,) masks zero padding (``pad: zeros``)."""
+        return self.audio_encoder(waveform) if lengths is None else self.audio_encoder(waveform, lengths)
 
     def encode_text(self, captions: list[str]) -> SequenceFeatures:
         return self.text_encoder(captions)

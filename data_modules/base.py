@@ -63,8 +63,12 @@ class AudioCaptionDataModule(pl.LightningDataModule):
                  eval_crop: Literal["start", "centre"] = "start", train_items: Literal["caption", "clip"] = "caption",
                  seed: int = 0, augmentation_file: str | None = None, augment_prob: float = 0.0,
                  exclude_file: str | None = None, report_dir: str | None = None,
-                 relevance_files: dict[str, str] | None = None, relevance_threshold: float | None = None):
+                 relevance_files: dict[str, str] | None = None, relevance_threshold: float | None = None,
+                 pad: Literal["repeat", "zeros"] = "repeat"):
         super().__init__()
+        if pad not in ("repeat", "zeros"):
+            raise ValueError(f"pad must be 'repeat' or 'zeros', got {pad!r}")
+        self.pad = pad
         if batch_size < 1 or eval_batch_size < 1 or num_workers < 0:
             raise ValueError("batch_size and eval_batch_size must be >= 1 and num_workers >= 0")
         if not 0.0 <= augment_prob <= 1.0:
@@ -202,8 +206,13 @@ class AudioCaptionDataModule(pl.LightningDataModule):
                                                     self.train_crop, self.paraphrases(), self.augment_prob)
             else:
                 self._datasets[name] = ClipDataset(s, self.sample_rate, self.num_samples, self.eval_crop)
-            self._datasets[name].reader.load_audio = self._load_audio
+            self._reader_settings(self._datasets[name])
         return self._datasets[name]
+
+    def _reader_settings(self, ds: Dataset) -> Dataset:
+        """What every dataset's clip reader takes from the module: decode at all, and how to pad."""
+        ds.reader.load_audio, ds.reader.pad = self._load_audio, self.pad
+        return ds
 
     def set_load_audio(self, enabled: bool) -> None:
         """Decode clips (default) or yield ``audio`` of shape (B, 0): the model sets False when its

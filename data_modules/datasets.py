@@ -64,17 +64,21 @@ class _ClipReader:
         self.split, self.sample_rate, self.length = split, sample_rate, length
         self.skipped = _SkipCounter()
         self.load_audio = True  # False: a feature cache supplies the audio features (set_load_audio)
+        self.pad = "repeat"  # the data module's ``pad``: repeat (CLAP) or zeros (then masked)
 
-    def read(self, clip: int, mode: str, generator: torch.Generator | None) -> tuple[torch.Tensor, bool]:
+    def read(self, clip: int, mode: str, generator: torch.Generator | None) -> tuple[torch.Tensor, bool, int]:
+        """(waveform, readable, samples of the clip's own audio in it)."""
         if not self.load_audio:
-            return torch.zeros(0), True
+            return torch.zeros(0), True, 0
         try:
-            return load_clip(self.split.paths[clip], self.sample_rate, self.length, mode, generator), True
+            wave, real = load_clip(self.split.paths[clip], self.sample_rate, self.length, mode, generator, self.pad,
+                                   return_length=True)
+            return wave, True, real
         except AudioReadError as exc:
             self.skipped.add()
             log.warning("%s split: clip %d replaced by silence (%d so far; `coattn data-check` lists them all): %s",
                         self.split.name, clip, self.skipped.get(), exc)
-            return torch.zeros(self.length), False
+            return torch.zeros(self.length), False, self.length
 
 
 class TrainDataset(Dataset):
@@ -126,10 +130,10 @@ class TrainDataset(Dataset):
         rng = np.random.default_rng(draw)
         caption = self.caption_for(index, rng)
         generator = torch.Generator().manual_seed(int(draw))
-        audio, ok = self.reader.read(clip, self.crop, generator)
+        audio, ok, real = self.reader.read(clip, self.crop, generator)
         clip_id = clip if self.clip_ids is None else self.clip_ids[clip]
         return {"audio": audio, "clip_index": clip_id, "fname": self.split.fnames[clip], "captions": [caption],
-                "valid": ok}
+                "valid": ok, "length": real}
 
 
 class ClipDataset(Dataset):
@@ -143,20 +147,25 @@ class ClipDataset(Dataset):
         return len(self.split)
 
     def __getitem__(self, clip: int) -> dict:
-        audio, ok = self.reader.read(clip, self.crop, None)
+        audio, ok, real = self.reader.read(clip, self.crop, None)
         return {"audio": audio, "clip_index": clip, "fname": self.split.fnames[clip],
-                "captions": list(self.split.captions[clip]), "valid": ok}
+                "captions": list(self.split.captions[clip]), "valid": ok, "length": real}
 
 
 def collate(items: list[dict]) -> Batch:
-    """Stack audio; flatten captions with the clip each one belongs to."""
+    """Stack audio; flatten captions with the clip each one belongs to; ``audio_lengths`` only when a
+    clip of the batch is shorter than its window (``pad: zeros``): None means every clip fills it."""
+    audio = torch.stack([it["audio"] for it in items])
+    lengths = [it.get("length", 0) for it in items]
+    short = audio.shape[1] > 0 and any(0 < n < audio.shape[1] for n in lengths)
     return Batch(
-        audio=torch.stack([it["audio"] for it in items]),
+        audio=audio,
         clip_index=torch.tensor([it["clip_index"] for it in items], dtype=torch.long),
         fnames=[it["fname"] for it in items],
         captions=[c for it in items for c in it["captions"]],
         caption_clip=torch.tensor([it["clip_index"] for it in items for _ in it["captions"]], dtype=torch.long),
         valid=torch.tensor([it["valid"] for it in items], dtype=torch.bool),
+        audio_lengths=torch.tensor(lengths, dtype=torch.long) if short else None,
     )
 
 

@@ -186,8 +186,7 @@ class MultiDataModule(AudioCaptionDataModule):
                               self.paraphrases(), self.augment_prob, clip_ids=self._clip_ids)
             clip_of_item = [c for c, _ in ds.items]
             self._item_groups = [[i for i, c in enumerate(clip_of_item) if c in g] for g in self._clip_groups]
-            ds.reader.load_audio = self._load_audio
-            self._datasets["train"] = ds
+            self._datasets["train"] = self._reader_settings(ds)
         return self._datasets["train"]
 
     def _eval_dataset(self, stage: str, name: str) -> Dataset:
@@ -195,8 +194,7 @@ class MultiDataModule(AudioCaptionDataModule):
         key = f"{split}/{name}"
         if key not in self._datasets:
             ds = ClipDataset(self.datasets[name].split(split), self.sample_rate, self.num_samples, self.eval_crop)
-            ds.reader.load_audio = self._load_audio
-            self._datasets[key] = ds
+            self._datasets[key] = self._reader_settings(ds)
         return self._datasets[key]
 
     def set_load_audio(self, enabled: bool) -> None:

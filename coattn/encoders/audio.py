@@ -147,7 +147,9 @@ class ClapAudioEncoder(nn.Module):
         # random init depends on the seed: key on the weights themselves (~0.2 s for tiny's 125 MB)
         return f"ClapAudioEncoder:{self.config}:random-init:{weights_digest(self.model)}"
 
-    def forward(self, waveform: torch.Tensor) -> SequenceFeatures:
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> SequenceFeatures:
+        """``lengths``: (B,) samples of each clip's own audio (the rest is zero padding, ``pad: zeros``):
+        frames that hold none of it are masked. None: every clip fills the window."""
         if waveform.dim() != 2 or waveform.shape[1] != self.clip_samples:
             raise ValueError(f"expected waveforms of shape (B, {self.clip_samples}) at {self.sample_rate} Hz, "
                              f"got {tuple(waveform.shape)}; pad/crop clips to {self.clip_samples} samples")
@@ -158,4 +160,7 @@ class ClapAudioEncoder(nn.Module):
         # contiguous: a strided view would keep (and torch.save would write) all 1024 rows
         states = fine[:, ::_REPEAT].contiguous()  # (B, 32, D)
         mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
+        if lengths is not None:  # frame f covers samples [f, f + 1) * clip_samples / frames: real if it starts inside
+            frames = torch.ceil(lengths.to(states.device).float() * self.num_frames / self.clip_samples).clamp(1)
+            mask = torch.arange(self.num_frames, device=states.device)[None, :] < frames[:, None]
         return SequenceFeatures(states=states, mask=mask, pooled=out["embedding"])

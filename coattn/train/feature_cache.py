@@ -14,7 +14,7 @@ Keys (any change is a miss, and the entry is recomputed):
     encoder     ``encoder.identity()`` (config, checkpoint file path/mtime/size, tokenizer...) +
                 a SHA-1 of the encoder's weights (so a fine-tuned-then-frozen or restored
                 checkpoint never reads another model's features)     -> the store's folder
-    crop        sample rate, clip length in samples, crop mode        -> the audio store's folder
+    crop        sample rate, clip length in samples, crop and pad mode -> the audio store's folder
     file        resolved path + size + mtime (ns)                     -> the entry key
     caption     the caption string                                    -> the entry key
 
@@ -80,17 +80,18 @@ class FeatureCache:
         root: cache folder (shared by runs: keys keep different encoders apart).
         audio_encoder, text_encoder: the model's encoders; only those with ``freeze`` are cached.
         sample_rate, clip_samples, crop: the audio window (the data module's ``eval_crop``).
+        pad: how clips shorter than the window are padded (the data module's ``pad``).
         batch_size, num_workers: of the building passes.
     """
 
     def __init__(self, root: str | os.PathLike, audio_encoder: torch.nn.Module, text_encoder: torch.nn.Module,
-                 sample_rate: int, clip_samples: int, crop: str = "start", batch_size: int = 16,
+                 sample_rate: int, clip_samples: int, crop: str = "start", pad: str = "repeat", batch_size: int = 16,
                  num_workers: int = 0, progress: bool = True):
         self.root = Path(root)
         self.audio_encoder, self.text_encoder = audio_encoder, text_encoder
         self.cache_audio = bool(getattr(audio_encoder, "freeze", False))
         self.cache_text = bool(getattr(text_encoder, "freeze", False))
-        self.sample_rate, self.clip_samples, self.crop = int(sample_rate), int(clip_samples), crop
+        self.sample_rate, self.clip_samples, self.crop, self.pad = int(sample_rate), int(clip_samples), crop, pad
         self.batch_size, self.num_workers, self.progress = batch_size, num_workers, progress
         self._audio_store: FeatureStore | None = None
         self._text_store: FeatureStore | None = None
@@ -101,7 +102,8 @@ class FeatureCache:
     # ---- stores (folders) keyed by encoder identity + weights (+ crop) ------------------------
     def audio_meta(self) -> dict:
         return {"kind": "audio", **encoder_key(self.audio_encoder), "sample_rate": self.sample_rate,
-                "clip_samples": self.clip_samples, "crop": self.crop, "file_key": "resolved path + size + mtime_ns"}
+                "clip_samples": self.clip_samples, "crop": self.crop, "file_key": "resolved path + size + mtime_ns",
+                **({"pad": self.pad} if self.pad != "repeat" else {})}  # repeat: the keys of caches made before
 
     def text_meta(self) -> dict:
         return {"kind": "text", **encoder_key(self.text_encoder), "entry_key": "sha1(caption)"}
@@ -141,7 +143,9 @@ class FeatureCache:
         comm.barrier("feature_cache_audio_scan")  # everyone scanned before anyone writes
         mine = missing[comm.rank::comm.world]
         if mine:
-            ds = Subset(ClipDataset(split, self.sample_rate, self.clip_samples, self.crop), mine)
+            clips = ClipDataset(split, self.sample_rate, self.clip_samples, self.crop)
+            clips.reader.pad = self.pad
+            ds = Subset(clips, mine)
             loader = DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate)
             enc, dev = self.audio_encoder, self._device(self.audio_encoder)
             bar = _progress(len(mine), f"feature cache: audio ({name or split.name})", self.progress and comm.rank == 0)
@@ -149,7 +153,8 @@ class FeatureCache:
             def batches():
                 with torch.no_grad():
                     for b in loader:
-                        feats = enc(b.audio.to(dev))
+                        lengths = None if b.audio_lengths is None else b.audio_lengths.to(dev)
+                        feats = enc(b.audio.to(dev)) if lengths is None else enc(b.audio.to(dev), lengths)
                         bar.update(len(b))
                         yield [keys[i] for i in b.clip_index.tolist()], feats, b.valid
 
@@ -223,7 +228,7 @@ class ModuleFeatureCache:
     def __init__(self, root: str, model, datamodule, strategy=None):
         self.dm, self.strategy = datamodule, strategy
         self.cache = FeatureCache(root, model.audio_encoder, model.text_encoder, datamodule.sample_rate,
-                                  datamodule.num_samples, datamodule.eval_crop,
+                                  datamodule.num_samples, datamodule.eval_crop, getattr(datamodule, "pad", "repeat"),
                                   batch_size=datamodule.eval_batch_size, num_workers=datamodule.num_workers)
         if self.cache.cache_audio:
             datamodule.set_load_audio(False)

@@ -36,6 +36,7 @@ from coattn.results import EvaluationResult
 from coattn.train.evaluation import (FUSION_GRID, EvalAccumulator, Evaluation, eval_loaders, relevance_metrics,
                                      write_predictions, write_test_results)
 from coattn.train.optim import Optim
+from coattn.train.warm_start import warm_start
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +51,29 @@ class CoAttnRetrieval(pl.LightningModule):
             and what test writes (``bootstrap``, ``results_dir``); never taken from a checkpoint.
         feature_cache: folder of the feature cache (coattn/train/feature_cache.py): frozen encoders
             run once per clip / caption and steps read their stored outputs. None = off.
+        init_from: a ``coattn fit`` checkpoint whose towers (both encoders, the per-run tokenizer) and
+            dual heads start this fit (warm start: stage 1 aligns the towers, e.g. a ``cascade: none``
+            run; stage 2 learns co-attention on top). The cascade and the pair heads start fresh;
+            freeze the towers with the encoders' ``freeze``. Applied when a fit starts (a resumed fit
+            then restores its own checkpoint over it); ignored by validate/test/predict.
         **model: the architecture: the arguments of ``coattn.CoAttnModel`` (audio_encoder,
             text_encoder, cascade, embed_dim, temperature, learn_temperature, dual_pooling,
             dual_projection, clap_checkpoint, feature_norm).
     """
 
     def __init__(self, loss: RetrievalLoss = RetrievalLoss(), optim: Optim = Optim(),
-                 evaluation: Evaluation = Evaluation(), feature_cache: str | None = None, **model: Any):
+                 evaluation: Evaluation = Evaluation(), feature_cache: str | None = None,
+                 init_from: str | None = None, **model: Any):
         super().__init__()
         if self._cli_hparams():  # under LightningCLI: the parsed config (class paths + init args)
             self.save_hyperparameters()
         else:  # built in Python: plain values only, so checkpoints stay loadable with weights_only=True
             self.save_hyperparameters({"loss": asdict(loss), "optim": asdict(optim), "evaluation": asdict(evaluation),
-                                       "feature_cache": feature_cache,
+                                       "feature_cache": feature_cache, "init_from": init_from,
                                        **{k: v for k, v in model.items() if not isinstance(v, torch.nn.Module)}})
         self.model = CoAttnModel(**model)
         self.loss, self.optim, self.evaluation = loss, optim, evaluation
-        self.feature_cache = feature_cache
+        self.feature_cache, self.init_from = feature_cache, init_from
         self._features = None  # coattn.train.feature_cache.ModuleFeatureCache, made in setup
         self._collected = EvalAccumulator()  # validation, test and predict: one accumulator
         self.last_losses: dict[str, torch.Tensor] = {}  # this step's loss terms (callbacks.NonFiniteGuard)
@@ -82,6 +89,9 @@ class CoAttnRetrieval(pl.LightningModule):
     @override
     def setup(self, stage: str) -> None:
         enc = self.model.text_encoder
+        if stage == "fit" and self.init_from:
+            loaded = warm_start(self.model, self.init_from)
+            log.info("warm start: %d tensors of the towers and dual heads from %s", loaded, self.init_from)
         if stage == "fit" and enc.needs_tokenizer_fit:
             state = None
             if self.trainer.is_global_zero:
@@ -111,7 +121,7 @@ class CoAttnRetrieval(pl.LightningModule):
     def encode(self, batch: Batch) -> tuple[SequenceFeatures, SequenceFeatures]:
         """Audio and text features of a batch: the cached ones when present, else the encoders'."""
         m = self.model
-        audio = m.encode_audio(batch.audio) if batch.audio_features is None else batch.audio_features
+        audio = m.encode_audio(batch.audio, batch.audio_lengths) if batch.audio_features is None else batch.audio_features
         text = m.encode_text(batch.captions) if batch.text_features is None else batch.text_features
         return audio, text
 

@@ -5,7 +5,7 @@
     coattn fit  --config experiments/demo.yaml --print_config      # the full resolved config
     coattn synth data/demo --seed 0                                 # built-in demo dataset
 
-Tools (synth, augment, data-check, prepare, search, sweep) are plain ``main(argv) -> int``
+Tools (synth, augment, data-check, prepare, search, export, serve, sweep) are plain ``main(argv) -> int``
 functions under coattn/tools/, imported lazily, so ``coattn synth`` does not pay for importing
 Lightning. Errors meant for people (``coattn.errors.UserFacingError``) print one line
 ``coattn: error: ...`` and exit 1; ``COATTN_DEBUG=1`` shows the traceback as well.
@@ -22,6 +22,8 @@ TOOLS = {
     "data-check": "coattn.tools.data_check:main",
     "prepare": "coattn.tools.prepare:main",
     "search": "coattn.tools.search:main",
+    "export": "coattn.tools.export:main",
+    "serve": "coattn.tools.serve:main",
     "sweep": "coattn.tools.sweep:main",
 }
 

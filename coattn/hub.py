@@ -75,7 +75,7 @@ def component_config(module: nn.Module, name: str) -> dict:
             f"model.{name} ({type(module).__name__}) was built in Python, so its arguments are unknown and the "
             "model cannot be saved as a folder: load the model with CoAttnModel.from_checkpoint / from_pretrained "
             "(or `coattn export --ckpt_path CKPT OUT_DIR`), or build each component with "
-            "coattn.model.build_component({'class_path': ..., 'init_args': {...}})")
+            "coattn.model.build_component({'class_path': ..., 'init_args': {...}}, torch.nn.Module)")
     args = {k: v for k, v in (spec.get("init_args") or {}).items() if k not in TRAINING_ONLY}
     for cls, keys in WEIGHT_PATHS.items():
         if isinstance(module, cls):
@@ -181,6 +181,7 @@ def load_weights(model: nn.Module, folder: str | os.PathLike, config: dict,
                  map_location: str | torch.device = "cpu") -> nn.Module:
     """Put the folder's tokenizer and ``model.safetensors`` into a model built from its ``config``
     (strictly: every weight, no more, no less)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -189,7 +190,7 @@ def load_weights(model: nn.Module, folder: str | os.PathLike, config: dict,
     path = folder / WEIGHTS_FILE
     try:
         state = load_file(str(path), device=str(torch.device(map_location)))
-    except (OSError, ValueError, RuntimeError) as exc:  # missing, truncated, not safetensors
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # missing, truncated, not safetensors
         raise CheckpointError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
     try:
         result = model.load_state_dict(state, strict=False)

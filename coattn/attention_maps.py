@@ -68,7 +68,8 @@ def attention_examples(model, audio: SequenceFeatures, captions: list[str], clip
     out = []
     for i, cap in enumerate(captions):
         n_words = int(mask[i].sum())
-        tokens = [t.replace("\u0120", "") or "_" for t in enc.tokenizer.convert_ids_to_tokens(ids[i, :n_words].tolist())]
+        pieces = enc.tokenizer.convert_ids_to_tokens(ids[i, :n_words].tolist())
+        tokens = [t.replace("\u0120", "") or "_" for t in pieces]  # drop byte-level BPE's space marker
         out.append({"caption": cap, "fname": names[i] if names else str(int(clips[i])), "tokens": tokens,
                     "panels": attention_panels(maps, i, n_words)})
     return out

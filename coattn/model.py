@@ -218,9 +218,10 @@ class CoAttnModel(nn.Module, PyTorchModelHubMixin, model_card_template=hub.MODEL
         return super().generate_model_card(*args, **{**hub.card_fields(self), **kwargs})
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision: str | None = None, cache_dir=None, force_download: bool = False,
-                         local_files_only: bool = False, token=None, map_location: str | torch.device = "cpu",
-                         config: dict | None = None, **_config_values) -> "CoAttnModel":
+    def _from_pretrained(cls, *, model_id: str, revision: str | None = None, cache_dir=None,
+                         force_download: bool = False, local_files_only: bool = False, token=None,
+                         map_location: str | torch.device = "cpu", config: dict | None = None,
+                         **_config_values) -> "CoAttnModel":
         """``CoAttnModel.from_pretrained(folder or Hub id, map_location=...)``: the architecture always
         comes from the folder's config.json (the mixin also passes its values one by one: ignored)."""
         folder = hub.local_folder(model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,

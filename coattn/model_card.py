@@ -45,7 +45,8 @@ Audio input: mono, {{ sample_rate | default("48000", true) }} Hz, {{ clip_second
 
 ## Test results
 
-{{ metrics | default("No test metrics were found for this checkpoint (run `coattn test` on it, then export again).", true) }}
+{{ metrics | default("No test metrics were found for this checkpoint (run `coattn test` on it, "
+                     ~ "then export again).", true) }}
 
 ## How to use
 
@@ -155,8 +156,9 @@ def training(ckpt: str | os.PathLike, checkpoint: dict, run_dir: str | os.PathLi
         data = cfg.get("data") or {}
         args = data.get("init_args") or {}
         root = Path(str(args.get("root", "?"))).name
-        lines.append(f"- data: `{data.get('class_path', '?')}`, folder `{root}`, one training item per {args.get('train_items', '?')}"
-                     + (f", paraphrase augmentation p={args.get('augment_prob')}" if args.get("augmentation_file") else ""))
+        augment = f", paraphrase augmentation p={args.get('augment_prob')}" if args.get("augmentation_file") else ""
+        lines.append(f"- data: `{data.get('class_path', '?')}`, folder `{root}`, one training item per "
+                     f"{args.get('train_items', '?')}{augment}")
         info_path = fits[-1].parent / "run_info.json"
         if info_path.is_file():
             info = json.loads(info_path.read_text(encoding="utf-8"))

@@ -154,7 +154,8 @@ def test_hf_text_encoder_and_clap_files_are_not_needed(tmp_path):
 
     torch.manual_seed(0)
     roberta = tmp_path / "roberta"
-    src = TinyTextEncoder(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=1500, max_length=16)
+    src = TinyTextEncoder(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=1500,
+                          max_length=16)
     src.fit_tokenizer(_word_corpus())
     src.tokenizer.save_pretrained(roberta)
     src.model.save_pretrained(roberta)

@@ -35,8 +35,9 @@ def server(exported_demo, tiny_clotho, tmp_path):
     _, _, folder = exported_demo
     port, index = free_port(), tmp_path / "index"
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([*coattn_cmd(), "serve", "--model", str(folder), "--audio-dir", str(tiny_clotho / "evaluation"),
-                             "--index-dir", str(index), "--port", str(port), "--top-k", "3"],
+    proc = subprocess.Popen([*coattn_cmd(), "serve", "--model", str(folder), "--audio-dir",
+                             str(tiny_clotho / "evaluation"), "--index-dir", str(index), "--port", str(port),
+                             "--top-k", "3"],
                             env=subprocess_env(GRADIO_TEMP_DIR=str(tmp_path / "gradio")), stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -63,7 +64,8 @@ def browser(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    assert CHROMIUM.is_file() and CHROMEDRIVER.is_file(), "install Debian's chromium and chromium-driver (.ci/browsers.sh)"
+    assert CHROMIUM.is_file() and CHROMEDRIVER.is_file(), \
+        "install Debian's chromium and chromium-driver (.ci/browsers.sh)"
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
     # headless as root on a machine without a display or a network beyond loopback

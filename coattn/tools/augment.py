@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--temperature", type=float, default=0.9)
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     g.add_argument("--max-retries", type=int, default=5,
-                   help="HTTP retries (back-off 0.5 s doubling, or the server's Retry-After) and re-asks after unusable answers")
+                   help="HTTP retries (back-off 0.5 s doubling, or the server's Retry-After) "
+                        "and re-asks after unusable answers")
     g.add_argument("--cache", help="resumable JSONL cache (default: <out>.cache.jsonl)")
     g.add_argument("--no-progress", action="store_true")
     p.add_argument("--paraphrases", nargs="+", help="(b) JSONL files of paraphrases made elsewhere: no generation")

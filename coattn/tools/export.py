@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run folder with the fit configuration and results/test/metrics.json "
                         "(default: <run> of <run>/checkpoints/CKPT)")
     p.add_argument("--metrics", default=None,
-                   help="metrics.json of `coattn test` to put in the card (default: the run's, if it is this checkpoint's)")
+                   help="metrics.json of `coattn test` to put in the card "
+                        "(default: the run's, if it is this checkpoint's)")
     p.add_argument("--overwrite", action="store_true", help="replace the files of an existing, non-empty OUT_DIR")
     args = p.parse_args(argv)
     if not logging.getLogger().handlers:

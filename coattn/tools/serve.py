@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(model, index, audio_dir, args.top_k, args.mode, args.rerank_k, device, not args.no_maps,
                     args.model or args.ckpt_path)
     # system fonts: the default theme's Google fonts would be fetched by every browser from the internet
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
     app.queue().launch(server_name=args.host, server_port=args.port, allowed_paths=[str(audio_dir)], theme=theme,
                        css=CSS, ssr_mode=False, show_error=True, footer_links=[])
     return 0

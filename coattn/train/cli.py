@@ -126,7 +126,8 @@ class CoAttnCLI(LightningCLI):
             runs.name_wandb_runs(cfg)
         if self._exported is not None:
             if cfg.get("ckpt_path"):
-                raise ConfigError("give either --ckpt_path (a checkpoint) or --model DIR (an exported folder), not both")
+                raise ConfigError("give either --ckpt_path (a checkpoint) or --model DIR (an exported folder), "
+                                  "not both")
             folder, config = self._exported
             self._overlay_architecture(sub, config, f"the exported model {folder}")
         elif sub in ("fit", "validate", "test", "predict") and cfg.get("ckpt_path"):

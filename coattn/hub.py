@@ -52,12 +52,12 @@ TEXT_FOLDER = "text_encoder"
 COMPONENTS = ("audio_encoder", "text_encoder", "cascade")
 WEIGHT_PATHS = {ClapAudioEncoder: ("checkpoint",), HFTextEncoder: ("clap_checkpoint",)}  # -> null
 TRAINING_ONLY = ("freeze",)  # dropped: how a run trained, not what the model is
-HUB_METADATA = {  # PyTorchModelHubMixin class arguments: the model card's front matter
+HUB_METADATA = {  # PyTorchModelHubMixin class arguments: the card's template and front matter
+    "model_card_template": MODEL_CARD,
     "library_name": "coattn",
     "tags": ["audio-retrieval", "text-to-audio-retrieval", "co-attention", "clap"],
     "paper_url": "https://arxiv.org/abs/2412.20914",
 }
-__all__ = ["MODEL_CARD", "HUB_METADATA", "architecture", "card_fields", "save_folder", "read_config", "load_weights"]
 
 
 def record_spec(module: Any, spec: dict) -> Any:

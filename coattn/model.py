@@ -72,7 +72,7 @@ class InputProjection(nn.Module):
         return self.proj(states)
 
 
-class CoAttnModel(nn.Module, PyTorchModelHubMixin, model_card_template=hub.MODEL_CARD, **hub.HUB_METADATA):
+class CoAttnModel(nn.Module, PyTorchModelHubMixin, **hub.HUB_METADATA):
     """Encoders + cascade + heads. See the module docstring for the two scores."""
 
     def __init__(self, audio_encoder: nn.Module, text_encoder: nn.Module, cascade: CoAttentionCascade,

@@ -126,6 +126,8 @@ def load_model(ckpt_path: str | None, model: str | None, device: str = "cpu"):
         raise ValueError("give either --ckpt_path (a checkpoint of `coattn fit`) or --model (an exported folder)")
     if ckpt_path is not None:
         return CoAttnModel.from_checkpoint(ckpt_path, device)
+    if Path(model).expanduser().is_dir():
+        return CoAttnModel.from_pretrained(model, map_location=device)
     try:
         return CoAttnModel.from_pretrained(model, map_location=device)
     except UserFacingError:

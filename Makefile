@@ -1,6 +1,6 @@
 # coattn: two commands do everything on a fresh machine.
 #   make demo   install, synthesise the demo dataset, train, test, print the results table
-#   make test   install, then run the whole test suite (what CI runs)
+#   make test   install (+ the browser of the browser test), then run the whole test suite (what CI runs)
 #
 # The virtual environment lives outside the clone so that CI on the same machine reuses it;
 # override with `make VENV=/path/to/venv ...`. `make install` is a no-op when pyproject.toml and
@@ -19,12 +19,16 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test demo demo-data demo-fit demo-test clean-demo
+.PHONY: install browsers test demo demo-data demo-fit demo-test clean-demo
 
 install:
 	@VENV="$(VENV)" PYTHON="$(PYTHON)" bash .ci/install.sh
 
-test: install
+# Debian's chromium + chromium-driver for tests/test_serve.py (a check when present, apt-get when not)
+browsers:
+	@bash .ci/browsers.sh
+
+test: install browsers
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install demo-data demo-fit demo-test

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Idempotent install: create $VENV if needed, install the pinned dependencies and this clone in
-# editable mode; skip everything when the stamp (hash of pyproject.toml + clone path) matches.
+# Idempotent install: create $VENV if needed, install the pinned dependencies (with the `app`
+# extra, Gradio for `coattn serve`, and `dev`, pytest and Selenium) and this clone in editable
+# mode; skip everything when the stamp (hash of pyproject.toml + clone path) matches. The browser
+# of the browser test is a system package: .ci/browsers.sh (make test runs both).
 set -euo pipefail
 VENV=${VENV:-$HOME/.cache/coattn/venv}
 PYTHON=${PYTHON:-python3}
@@ -25,7 +27,7 @@ pip_install() {
   fi
   grep -v "^WARNING: Location" "$log" || true; rm -f "$log"
 }
-pip_install -e "$here[dev]"
+pip_install -e "$here[dev,app]"
 "$VENV/bin/python" -c "import coattn, data_modules, callbacks" 
 echo "$want" > "$stamp"
 echo "install: done in $(( $(date +%s) - start )) s ($VENV)"

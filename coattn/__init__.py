@@ -1,7 +1,7 @@
 """coattn: language-based audio retrieval with co-attention networks (the library).
 
     from coattn import CoAttnModel, Retriever, load_clip
-    model = CoAttnModel.from_checkpoint("runs/demo/checkpoints/best.ckpt")
+    model = CoAttnModel.from_pretrained("exported/demo")     # or .from_checkpoint("runs/demo/checkpoints/best.ckpt")
     audio = model.encode_audio(torch.stack([load_clip(p, 48000, 480000) for p in paths]))
     scores = Retriever(mode="rerank")(model, audio, model.encode_text(["a dog barks"])).scores
 
@@ -22,6 +22,8 @@ _API = {
     "CoAttnModel": "coattn.model",
     "CoAttentionCascade": "coattn.coattention",
     "capture_attention": "coattn.coattention",
+    "attention_examples": "coattn.attention_maps",
+    "attention_figure": "coattn.attention_maps",
     "SequenceFeatures": "coattn.features",
     "PreparedText": "coattn.features",
     "PreparedAudio": "coattn.features",

@@ -5,7 +5,7 @@
     coattn fit  --config experiments/demo.yaml --print_config      # the full resolved config
     coattn synth data/demo --seed 0                                 # built-in demo dataset
 
-Tools (synth, augment, data-check, prepare, search, probe, sweep) are plain ``main(argv) -> int``
+Tools (synth, augment, data-check, prepare, search, probe, export, serve, sweep) are plain ``main(argv) -> int``
 functions under coattn/tools/, imported lazily, so ``coattn synth`` does not pay for importing
 Lightning. Errors meant for people (``coattn.errors.UserFacingError``) print one line
 ``coattn: error: ...`` and exit 1; ``COATTN_DEBUG=1`` shows the traceback as well.
@@ -23,6 +23,8 @@ TOOLS = {
     "prepare": "coattn.tools.prepare:main",
     "search": "coattn.tools.search:main",
     "probe": "coattn.tools.probe:main",
+    "export": "coattn.tools.export:main",
+    "serve": "coattn.tools.serve:main",
     "sweep": "coattn.tools.sweep:main",
 }
 

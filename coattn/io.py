@@ -11,10 +11,18 @@ Partial files of killed writers are swept by ``clean_partials``.
 Reading (``load_checkpoint``, for coattn's Lightning checkpoints and LAION-CLAP's files alike):
 ``torch.load(weights_only=True)`` always, whatever the caller or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
 asks. A file that pickles code is refused with a ``CheckpointError`` naming the file and the
-offending global. Released LAION-CLAP files use pickle protocol 4 and hold numpy scalars, which
-torch's weights-only unpickler rejects: ``numpy_scalars=True`` retries with an allowlist unpickler
-(the same guarantee: it resolves only torch's weights-only globals and numpy's scalar/array
-constructors).
+offending global. LAION-CLAP's files hold numpy scalars (the cosine schedule writes ``np.float64``
+learning rates into the optimizer state), which plain ``weights_only=True`` rejects; with
+``numpy_scalars=True``:
+
+* pickle protocol <= 2 (what ``torch.save`` writes by default, and LAION-CLAP's training code
+  calls it without ``pickle_protocol``): torch's own allowlisting, ``torch.serialization.safe_globals``
+  with numpy's scalar/array constructors and dtype classes (``NUMPY_GLOBALS``);
+* protocol >= 3 (a file re-saved with ``pickle_protocol=4``, say): torch 2.9's weights-only
+  unpickler cannot parse it whatever is allowlisted (``Unsupported operand 149``, the FRAME opcode;
+  pytorch/pytorch#118092), so coattn's allowlist unpickler reads it: the same guarantee, since it
+  resolves only torch's weights-only globals and the same numpy constructors
+  (tests/test_encoders.py::test_numpy_scalars_torch_allowlist_then_fallback shows both paths).
 """
 from __future__ import annotations
 
@@ -120,6 +128,26 @@ def clean_partials(folder: str | os.PathLike) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- reading
+def numpy_globals() -> list:
+    """What a weights file with numpy scalars and arrays needs allowlisted (numpy 1.x names)."""
+    import numpy as np
+
+    multiarray = np.core.multiarray
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]  # numpy >= 1.25
+    return [multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+def pickle_protocol(path: str | os.PathLike) -> int | None:
+    """Pickle protocol of a torch zip checkpoint (its ``data.pkl`` starts with PROTO n); None otherwise."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            head = z.open(name).read(2) if name else b""
+    except (zipfile.BadZipFile, OSError):
+        return None
+    return head[1] if len(head) == 2 and head[0] == 0x80 else None  # 0x80 = the PROTO opcode
+
+
 def _restricted_pickle() -> types.ModuleType:
     """A ``pickle_module`` for torch.load whose Unpickler resolves only allowlisted globals.
 
@@ -127,7 +155,6 @@ def _restricted_pickle() -> types.ModuleType:
     this one returns nothing but torch's weights-only allowlist and numpy's scalar/array
     constructors), built on Python's full unpickler so that every pickle protocol works.
     """
-    import numpy as np
     import torch
 
     allowed: dict[str, object] = {}
@@ -139,19 +166,16 @@ def _restricted_pickle() -> types.ModuleType:
         allowed.update({"collections.OrderedDict": collections.OrderedDict, "torch.Size": torch.Size,
                         "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
                         "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter})
-    multiarray = np.core.multiarray  # pickles name it numpy.core.* (numpy 1.x) or numpy._core.* (2.x)
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[f"{mod}.scalar"] = multiarray.scalar
-        allowed[f"{mod}._reconstruct"] = multiarray._reconstruct
-    allowed.update({"numpy.dtype": np.dtype, "numpy.ndarray": np.ndarray})
+    for obj in numpy_globals():  # the same numpy constructors as torch's safe_globals path
+        allowed[f"{obj.__module__}.{obj.__name__}"] = obj
+        if obj.__module__ == "numpy.core.multiarray":  # numpy 2.x pickles name them numpy._core.*
+            allowed[f"numpy._core.multiarray.{obj.__name__}"] = obj
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str):
             key = f"{module}.{name}"
             if key in allowed:
                 return allowed[key]
-            if module.startswith("numpy.dtypes") and name.endswith("DType"):  # numpy>=1.25 dtype classes
-                return getattr(np.dtypes, name)
             raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {key} is not allowlisted")
 
     mod = types.ModuleType("coattn_restricted_pickle")
@@ -174,8 +198,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
                     numpy_scalars: bool = False, hint: str = "") -> Any:
     """``torch.load(path, weights_only=True)`` with errors that name the file and the problem.
 
-    ``numpy_scalars``: also read files that hold numpy scalars/arrays (LAION-CLAP's), through the
-    allowlist unpickler. ``hint``: appended to every error (where to get a good file).
+    ``numpy_scalars``: also read files that hold numpy scalars/arrays (LAION-CLAP's): through
+    torch's ``safe_globals`` up to pickle protocol 2, through the allowlist unpickler above it
+    (module docstring). ``hint``: appended to every error (where to get a good file).
     """
     import torch
 
@@ -193,7 +218,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
         except pickle.UnpicklingError as exc:
             if not numpy_scalars:
                 raise _unsafe(name, exc, hint) from None
+        protocol = pickle_protocol(p)
         try:
+            if protocol is not None and protocol <= 2:  # torch's own mechanism reads these
+                with torch.serialization.safe_globals(numpy_globals()):
+                    return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
             return torch.load(p, map_location=map_location, weights_only=False, pickle_module=_restricted_pickle())
         except pickle.UnpicklingError as exc:
             raise _unsafe(name, exc, hint) from None

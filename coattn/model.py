@@ -12,7 +12,9 @@ auxiliary loss and gives the shortlist of two-stage retrieval. With ``dual_pooli
 dual branch *is* CLAP's zero-shot retrieval model.
 
 No Lightning here: the LightningModule orchestrates, this module computes. ``from_checkpoint``
-reads a ``coattn fit`` checkpoint (weights only) without Lightning, for notebooks and tools.
+reads a ``coattn fit`` checkpoint (weights only) without Lightning, for notebooks and tools;
+``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` (huggingface_hub's mixin) write and read
+exported model folders (coattn/hub.py).
 """
 from __future__ import annotations
 
@@ -24,8 +26,10 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from coattn import hub
 from coattn.coattention import ClipStage, CoAttentionCascade, masked_mean
 from coattn.features import PreparedAudio, PreparedText, SequenceFeatures
 from coattn.loss import Temperature
@@ -68,7 +72,7 @@ class InputProjection(nn.Module):
         return self.proj(states)
 
 
-class CoAttnModel(nn.Module):
+class CoAttnModel(nn.Module, PyTorchModelHubMixin, **hub.HUB_METADATA):
     """Encoders + cascade + heads. See the module docstring for the two scores."""
 
     def __init__(self, audio_encoder: nn.Module, text_encoder: nn.Module, cascade: CoAttentionCascade,
@@ -211,6 +215,27 @@ class CoAttnModel(nn.Module):
                                   f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
         return model.to(map_location).eval()
 
+    # ---- exported model folders: the hooks of huggingface_hub's mixin (coattn/hub.py) ------------
+    def _save_pretrained(self, save_directory) -> None:
+        hub.save_folder(self, save_directory)
+
+    def generate_model_card(self, *args, **kwargs):
+        return super().generate_model_card(*args, **{**hub.card_fields(self), **kwargs})
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None = None, cache_dir=None,
+                         force_download: bool = False, local_files_only: bool = False, token=None,
+                         map_location: str | torch.device = "cpu", config: dict | None = None,
+                         **_config_values) -> "CoAttnModel":
+        """``CoAttnModel.from_pretrained(folder or Hub id, map_location=...)``: the architecture always
+        comes from the folder's config.json (the mixin also passes its values one by one: ignored)."""
+        folder = hub.local_folder(model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                                  local_files_only=local_files_only, token=token)
+        config = hub.read_config(folder, config)
+        names = [p for p in inspect.signature(cls).parameters if p != "self"]
+        model = cls(**{n: build_component(config[n], _COMPONENT_BASES.get(n)) for n in names if n in config})
+        return hub.load_weights(model, folder, config, map_location).to(map_location).eval()
+
 
 def _default_fusion_lambda(state_dict, prefix, *args, **kwargs) -> None:
     """Checkpoints from before score fusion have no ``fusion_lambda``: read them as lambda = 0."""
@@ -230,4 +255,4 @@ def build_component(spec: Any, base: type | None = None) -> Any:
     cls = getattr(importlib.import_module(module_name), name)
     if base is None or not (isinstance(cls, type) and issubclass(cls, base)):
         raise TypeError(f"class_path {spec['class_path']!r} is not a {getattr(base, '__name__', 'known component')}")
-    return cls(**{k: build_component(v) for k, v in (spec.get("init_args") or {}).items()})
+    return hub.record_spec(cls(**{k: build_component(v) for k, v in (spec.get("init_args") or {}).items()}), spec)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny synthetic Clotho-layout dataset made once per session."""
+"""Shared fixtures, made once per session: a tiny synthetic Clotho-layout dataset, a model trained
+on it for two steps through the CLI, tested, and exported."""
 from __future__ import annotations
 
 import os
@@ -25,3 +26,43 @@ def tiny_clotho(tmp_path_factory) -> Path:
                "--seconds", "2"])
     assert rc == 0
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_run(tiny_clotho, tmp_path_factory):
+    """(run folder, checkpoint) of `coattn fit` on the tiny set (one epoch of 2 steps), run as the
+    command (a subprocess: its run_info.json records the real command line, which the model card shows)."""
+    import subprocess
+
+    from tests.reliability_helpers import coattn_cmd, subprocess_env
+    from tests.test_cli import tiny_args
+
+    run = tmp_path_factory.mktemp("search_run")
+    proc = subprocess.run([*coattn_cmd(), "fit", *tiny_args(tiny_clotho)], cwd=run, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = run / "runs/demo/checkpoints/best.ckpt"
+    assert ckpt.is_file()
+    return run, ckpt
+
+
+@pytest.fixture(scope="session")
+def exported_demo(demo_run, tiny_clotho):
+    """(run folder, checkpoint, exported folder): `coattn test` on the checkpoint, then `coattn export
+    --license mit` into <run>/exported, which finds the test's metrics.json in the run folder. Copies of
+    that metrics.json and scores.npz stay in <run>/exported_test (other tests test the run again)."""
+    import shutil
+
+    from coattn.cli import main
+    from tests.test_cli import tiny_args
+
+    run, ckpt = demo_run
+    cwd = os.getcwd()
+    os.chdir(run)
+    try:
+        assert main(["test", *tiny_args(tiny_clotho), f"--ckpt_path={ckpt}"]) == 0
+        shutil.copytree(run / "runs/demo/results/test", run / "exported_test")
+        assert main(["export", "--ckpt_path", str(ckpt), str(run / "exported"), "--license", "mit"]) == 0
+    finally:
+        os.chdir(cwd)
+    return run, ckpt, run / "exported"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -16,21 +17,29 @@ from data_modules.augmentation import load_augmentation_file, ngram_embed, read_
 
 
 class FakeLLM(BaseHTTPRequestHandler):
-    """Paraphrases = the caption with a suffix, plus one off-topic text; plants faults on demand."""
+    """An OpenAI-compatible chat-completions server on 127.0.0.1. Paraphrases = the caption with a
+    suffix, plus one off-topic text; plants faults on demand."""
 
-    faults: list[str] = []  # consumed in order: "429", "500", "garbage", "skip-last"
+    # consumed in order: "429" (Retry-After: 1), "500", "401", "slow" (answers after 2 s), "garbage"
+    # (content without JSON), "badbody" (a body that is not JSON), "nochoices", "skip-last"
+    faults: list[str] = []
     seen: list[dict] = []
 
     def do_POST(self):  # noqa: N802 (http.server's naming)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeLLM.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        FakeLLM.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body,
+                             "t": time.monotonic(), "retry": self.headers.get("x-stainless-retry-count")})
         fault = FakeLLM.faults.pop(0) if FakeLLM.faults else ""
-        if fault in ("429", "500"):
+        if fault in ("429", "500", "401"):
             self.send_response(int(fault))
-            self.send_header("Retry-After", "0")
+            self.send_header("Content-Type", "application/json")
+            if fault == "429":
+                self.send_header("Retry-After", "1")
             self.end_headers()
-            self.wfile.write(b'{"error": "busy"}')
+            self.wfile.write(b'{"error": {"message": "busy"}}')
             return
+        if fault == "slow":
+            time.sleep(2.0)  # the client gave up on this attempt long ago (timeout 0.5 s)
         user = body["messages"][-1]["content"]
         caps = [re.sub(r"^\d+\. ", "", line) for line in user.splitlines()]
         n = int(re.search(r"write (\d+) paraphrases", body["messages"][0]["content"]).group(1))
@@ -39,12 +48,17 @@ class FakeLLM(BaseHTTPRequestHandler):
         if fault == "skip-last" and len(caps) > 1:
             answer.pop(str(len(caps)))
         content = "Sure!" if fault == "garbage" else "```json\n" + json.dumps(answer) + "\n```"
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reply = {"choices": [] if fault == "nochoices" else [{"index": 0, "message": {"role": "assistant",
+                                                                                       "content": content}}]}
+        data = b"<html>502 from a proxy</html>" if fault == "badbody" else json.dumps(reply).encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # "slow": the client closed the connection
+            pass
 
     def log_message(self, *args):  # keep pytest output clean
         pass
@@ -64,37 +78,63 @@ def server():
 CAPTIONS = [f"A dog barks {k} times near a road." for k in range(5)]
 
 
+def gaps() -> list[float]:
+    return [b["t"] - a["t"] for a, b in zip(FakeLLM.seen, FakeLLM.seen[1:])]
+
+
 def test_generate_batches_retries_and_resumes(server, tmp_path):
     FakeLLM.faults = ["429", "garbage", "", "skip-last"]
-    sleeps: list[float] = []
-    client = ChatClient(server, "fake-model", api_key="sk-test", backoff=0.5, sleep=sleeps.append)
+    client = ChatClient(server, "fake-model", api_key="sk-test", max_retries=3)
     cache = tmp_path / "cache.jsonl"
     out = generate(CAPTIONS, client, cache, n=3, batch_size=2, progress=False)
     assert set(out) == set(CAPTIONS) and all(len(v) == 3 for v in out.values())
-    # 3 batches of <= 2 captions; +1 retry after 429 (Retry-After: 0), +1 after the garbage answer,
+    # 3 batches of <= 2 captions; +1 retry after the 429, +1 re-ask after the garbage answer,
     # +1 single-caption request for the caption the model skipped
     assert client.requests == len(FakeLLM.seen) == 6
-    assert sleeps[0] < 0.01 and 0.9 <= sleeps[1] <= 1.1  # Retry-After 0, then backoff 0.5 x 2^1
+    assert 1.0 <= gaps()[0] < 3.0 and FakeLLM.seen[1]["retry"] == "1"  # the client waited the Retry-After: 1
+    assert gaps()[1] < 1.0 and FakeLLM.seen[2]["retry"] == "0"  # an unusable answer is asked again at once
     assert all(s["auth"] == "Bearer sk-test" and s["path"] == "/v1/chat/completions" for s in FakeLLM.seen)
     assert FakeLLM.seen[0]["body"]["model"] == "fake-model"
     assert len(cache.read_text().splitlines()) == 5
-    # resumed: everything cached, no request at all
+    # resumed: everything cached, only the new caption is asked for
     again = ChatClient(server, "fake-model")
     assert generate(CAPTIONS + ["A new caption."], again, cache, n=3, batch_size=2, progress=False).keys() \
         == set(CAPTIONS + ["A new caption."])
-    assert again.requests == 1
+    assert again.requests == 1 and FakeLLM.seen[-1]["auth"] == "Bearer EMPTY"  # no key: the placeholder
     # a truncated last line (crash mid-write) is skipped, not fatal
     with open(cache, "a") as f:
         f.write('{"caption": "half')
     assert len(read_paraphrase_jsonl(cache)) == 6
 
 
+def test_client_timeout_and_malformed_answers(server):
+    FakeLLM.faults = ["slow", "badbody", "nochoices", ""]
+    client = ChatClient(server, "m", api_key="sk-test", timeout=0.5, max_retries=3)
+    got = client.complete([{"role": "system", "content": "write 2 paraphrases"}, {"role": "user", "content": "1. x"}],
+                          lambda s: parse_paraphrases(s, 1))
+    assert got == {1: ["x (version 0)", "an unrelated tractor engine"]}
+    # the slow attempt timed out and the client retried it; the non-JSON body and the empty
+    # choices were asked again
+    assert client.requests == len(FakeLLM.seen) == 4
+    assert [s["retry"] for s in FakeLLM.seen] == ["0", "1", "0", "0"]
+    assert gaps()[0] >= 0.5  # timeout (0.5 s) + back-off before the retry
+
+
 def test_client_gives_up_and_fails_fast_on_auth(server):
     FakeLLM.faults = ["500"] * 3
-    client = ChatClient(server, "m", max_retries=2, backoff=0.0, sleep=lambda s: None)
-    with pytest.raises(RuntimeError, match="giving up after 3 attempts"):
+    client = ChatClient(server, "m", api_key="sk-test", max_retries=2)
+    with pytest.raises(RuntimeError, match="giving up after 3 attempts: HTTP 500"):
         client.complete([{"role": "user", "content": "1. x"}])
-    with pytest.raises(RuntimeError, match="URLError|giving up"):
+    assert len(FakeLLM.seen) == 3 and gaps()[0] >= 0.375  # exponential back-off: 0.5 s x (0.75..1) first
+    FakeLLM.faults = ["401"]
+    with pytest.raises(RuntimeError, match="HTTP 401 \\(check the API key"):
+        client.complete([{"role": "user", "content": "1. x"}])
+    assert len(FakeLLM.seen) == 4  # an auth failure is not retried
+    FakeLLM.faults = ["garbage"] * 3
+    with pytest.raises(RuntimeError, match="no usable answer after 3 attempts: unparsable"):
+        client.complete([{"role": "system", "content": "write 2 paraphrases"}, {"role": "user", "content": "1. x"}],
+                        lambda s: parse_paraphrases(s, 1))
+    with pytest.raises(RuntimeError, match="giving up after 1 attempts: APIConnectionError"):
         ChatClient("http://127.0.0.1:9/v1", "m", max_retries=0, timeout=2).complete([])
 
 
@@ -123,8 +163,11 @@ def test_cli_generate_select_then_train_with_it(server, tmp_path, monkeypatch, c
             "--model", "m", "--api-key-env", "MY_KEY", "--n", "4", "--top-k", "2", "--encoder", "ngram",
             "--no-progress", "--batch-size", "8"]
     assert main(args) == 0
-    assert "kept 40" in capsys.readouterr().out  # 20 captions x top-2
+    printed = capsys.readouterr()
+    assert "kept 40" in printed.out  # 20 captions x top-2
     assert FakeLLM.seen[0]["auth"] == "Bearer sk-env" and len(FakeLLM.seen) == 3
+    assert "sk-env" not in printed.out + printed.err + (tmp_path / "aug.json.cache.jsonl").read_text() \
+        + out.read_text()  # the key is sent, never printed or written
     table = load_augmentation_file(out)
     assert len(table) == 20 and all(len(v) == 2 and "tractor" not in " ".join(v) for v in table.values())
     # (b) the cache is a paraphrase JSONL: selection alone reproduces the same file

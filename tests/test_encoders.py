@@ -142,7 +142,7 @@ def test_clap_checkpoint_roundtrip(mini, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_clap_checkpoint_protocol4_numpy_scalars(mini, tmp_path):
-    # released LAION-CLAP files: pickle protocol 4 + numpy scalars, which weights_only=True rejects
+    # a CLAP file re-saved with pickle protocol 4 + numpy scalars, which weights_only=True rejects
     path = tmp_path / "released.pt"
     sd = {f"module.audio_branch.{k}": v for k, v in mini.model.state_dict().items()}
     torch.save({"epoch": np.int64(45), "best": np.float64(0.5), "arr": np.arange(3), "state_dict": sd}, path, pickle_protocol=4)
@@ -153,6 +153,46 @@ def test_clap_checkpoint_protocol4_numpy_scalars(mini, tmp_path):
     torch.save({"state_dict": sd, "args": NotAWeight()}, tmp_path / "evil4.pt", pickle_protocol=4)
     with pytest.raises(CheckpointError, match="evil4.pt.*NotAWeight"):
         load_clap_state_dict(tmp_path / "evil4.pt")
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_numpy_scalars_torch_allowlist_then_fallback(mini, tmp_path, monkeypatch):
+    """LAION-CLAP's layout (optimizer state with an np.float64 learning rate, as its cosine schedule
+    writes): at protocol 2 (torch.save's default) torch's own safe_globals reads it; at protocol 4
+    torch's weights-only unpickler fails whatever is allowlisted, and coattn's allowlist unpickler reads it."""
+    from coattn import io
+
+    sd = {f"module.audio_branch.{k}": v for k, v in mini.model.state_dict().items()}
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))]).state_dict()
+    opt["param_groups"][0]["lr"] = np.float64(1e-4) * 0.5 * (1 + np.cos(np.pi * 0.3))
+    official = {"epoch": 45, "name": "test", "state_dict": sd, "optimizer": opt, "step": np.int64(3)}
+    p2, p4 = tmp_path / "p2.pt", tmp_path / "p4.pt"
+    torch.save(official, p2)  # default protocol
+    torch.save(official, p4, pickle_protocol=4)
+    assert (io.pickle_protocol(p2), io.pickle_protocol(p4)) == (2, 4)
+    with pytest.raises(pickle.UnpicklingError, match="numpy.core.multiarray.scalar"):
+        torch.load(p2, weights_only=True)  # the plain weights-only load rejects numpy scalars
+    with torch.serialization.safe_globals(io.numpy_globals()):
+        got = torch.load(p2, weights_only=True)
+        assert isinstance(got["optimizer"]["param_groups"][0]["lr"], np.float64)
+        with pytest.raises(pickle.UnpicklingError, match="Unsupported operand 149"):  # FRAME: protocol 4
+            torch.load(p4, weights_only=True)
+
+    def no_fallback():
+        raise AssertionError("the allowlist unpickler was used")
+
+    with monkeypatch.context() as m:  # protocol 2 goes through torch's mechanism alone
+        m.setattr(io, "_restricted_pickle", no_fallback)
+        assert torch.equal(load_clap_state_dict(p2)["audio_branch.patch_embed.proj.weight"],
+                           mini.model.patch_embed.proj.weight)
+        with pytest.raises(AssertionError, match="allowlist unpickler"):
+            load_clap_state_dict(p4)
+    assert torch.equal(load_clap_state_dict(p4)["audio_branch.patch_embed.proj.weight"],
+                       mini.model.patch_embed.proj.weight)
+    # code in a protocol-2 file is refused by torch's unpickler, with the same error as before
+    torch.save({"state_dict": sd, "args": NotAWeight()}, tmp_path / "evil2.pt")
+    with pytest.raises(CheckpointError, match="evil2.pt.*NotAWeight"):
+        load_clap_state_dict(tmp_path / "evil2.pt")
 
 
 def test_clap_checkpoint_wrong_keys_and_shapes(mini, tmp_path):

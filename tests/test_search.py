@@ -18,22 +18,6 @@ from tests.test_cli import tiny_args
 REAL_CLIPS = SHARED_DATA / "clotho" / "audio_sample"
 
 
-@pytest.fixture(scope="module")
-def demo_run(tiny_clotho, tmp_path_factory):
-    """(run folder, checkpoint) of `coattn fit` on the tiny set (one epoch of 2 steps)."""
-    import os
-    run = tmp_path_factory.mktemp("search_run")
-    cwd = os.getcwd()
-    os.chdir(run)
-    try:
-        assert main(["fit", *tiny_args(tiny_clotho)]) == 0
-    finally:
-        os.chdir(cwd)
-    ckpt = run / "runs/demo/checkpoints/best.ckpt"
-    assert ckpt.is_file()
-    return run, ckpt
-
-
 def run_search(capsys, ckpt, audio_dir, index_dir, *extra) -> dict:
     capsys.readouterr()
     rc = S.main(["a beep then a dog bark", "--ckpt_path", str(ckpt), "--audio-dir", str(audio_dir),

@@ -118,12 +118,16 @@ class HFTextEncoder(TextEncoder):
             630k-audioset-best.pt): its ``text_branch.*`` (a RobertaModel) is loaded over ``model``'s
             weights; use ``model: roberta-base`` (its tokenizer) with it.
         freeze: no gradients, always eval mode, forward under ``torch.no_grad``.
+        pretrained: load ``model``'s weights. False: build the network from its configuration alone
+            (random weights) for weights that come from elsewhere: an exported coattn model
+            (``coattn export``) keeps the tokenizer and ``config.json`` in its ``text_encoder/``
+            folder and every weight in its ``model.safetensors``.
     """
 
     def __init__(self, model: str = "roberta-base", max_length: int = 32, clap_checkpoint: str | None = None,
-                 freeze: bool = False):
+                 freeze: bool = False, pretrained: bool = True):
         super().__init__(max_length, freeze)
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         self.model_name = model
         self.clap_checkpoint = clap_checkpoint
@@ -132,7 +136,10 @@ class HFTextEncoder(TextEncoder):
         try:
             # local_files_only: offline, from_pretrained would otherwise retry the hub for minutes
             tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=offline or is_dir)
-            net = AutoModel.from_pretrained(model, local_files_only=offline or is_dir)
+            if pretrained:
+                net = AutoModel.from_pretrained(model, local_files_only=offline or is_dir)
+            else:
+                net = AutoModel.from_config(AutoConfig.from_pretrained(model, local_files_only=offline or is_dir))
         except Exception as e:
             where = "" if is_dir else (" (no such local folder either)" if os.sep in model else "")
             mode = " with HF_HUB_OFFLINE=1 (only local folders and the local HF cache are searched)" if offline else ""
@@ -153,8 +160,12 @@ class HFTextEncoder(TextEncoder):
         self.tokenizer = tokenizer
         self.model = net
         self.out_dim = int(net.config.hidden_size)  # 768 for roberta-base
-        self._source_id = file_identity(Path(model) / _weights_file(Path(model))) if is_dir else \
-            f"{model}@{getattr(net.config, '_commit_hash', None)}"
+        if not pretrained:  # the weights are loaded later: key on them when asked (identity())
+            self._source_id = None
+        elif is_dir:
+            self._source_id = file_identity(Path(model) / _weights_file(Path(model)))
+        else:
+            self._source_id = f"{model}@{getattr(net.config, '_commit_hash', None)}"
         self._clap_id = None
         if clap_checkpoint is not None:
             state = load_clap_state_dict(clap_checkpoint)
@@ -164,7 +175,8 @@ class HFTextEncoder(TextEncoder):
         self._apply_freeze()
 
     def identity(self) -> str:
-        return f"HFTextEncoder:{self._source_id}:max_length={self.max_length}:clap={self._clap_id}"
+        source = self._source_id or f"weights={weights_digest(self.model)}"
+        return f"HFTextEncoder:{source}:max_length={self.max_length}:clap={self._clap_id}"
 
 
 def _weights_file(folder: Path) -> str:

@@ -9,10 +9,14 @@
 
 Then train with ``data.init_args.augmentation_file=augmentation.json`` and ``augment_prob=0.3``.
 
-Generation sends ``--batch-size`` captions per request, retries transient failures (HTTP 408/429/
-5xx, timeouts, unparsable answers) with exponential back-off (honouring Retry-After), and appends
-every finished caption to a JSONL cache (default ``<out>.cache.jsonl``) as soon as it arrives:
-an interrupted run resumes where it stopped and never pays for a caption twice.
+Generation sends ``--batch-size`` captions per request through the ``openai`` client, so any
+OpenAI-compatible server works (OpenAI, vLLM, Ollama, ...): the client retries rate limits (429),
+overload (5xx), timeouts and dropped connections with exponential back-off and honours the
+server's Retry-After. An answer that arrives but is unusable (not JSON, no choices, no paraphrase
+lists) is asked again. Every finished caption is appended to a JSONL cache (default
+``<out>.cache.jsonl``) as soon as it arrives: an interrupted run resumes where it stopped and
+never pays for a caption twice. The key is read from an environment variable only
+(``--api-key-env``) and never printed or written.
 """
 from __future__ import annotations
 
@@ -20,12 +24,9 @@ import argparse
 import json
 import logging
 import os
-import random
 import re
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -37,65 +38,65 @@ DEFAULT_PROMPT = (
     "the sentence structure; do not add, remove or reinterpret any sound. Answer with JSON only: an "
     "object mapping each caption number (as a string) to a list of {n} strings."
 )
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}  # transient: rate limits, overload, gateways
-
-
-class RetryableError(RuntimeError):
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
+NO_KEY = "EMPTY"  # what a server without authentication is sent (the placeholder vLLM's docs use)
 
 
 class ChatClient:
-    """Minimal OpenAI-compatible chat-completions client on urllib (no extra dependency)."""
+    """Chat completions through the ``openai`` client (module docstring), counting HTTP attempts.
+
+    Args:
+        base_url: API root of an OpenAI-compatible server, e.g. ``https://api.openai.com/v1``.
+        model: model name the server knows.
+        api_key: the key (from the environment); None sends ``NO_KEY``.
+        timeout: seconds per HTTP attempt.
+        max_retries: HTTP retries by the client (429, 408, 409, 5xx, timeouts, connection errors:
+            0.5 s doubling to 8 s, or the server's Retry-After up to 120 s), and separately re-asks
+            after unusable answers.
+        temperature: sampling temperature of the paraphrases.
+    """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0,
-                 max_retries: int = 5, backoff: float = 1.0, temperature: float = 0.9, sleep=time.sleep):
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.api_key, self.timeout = model, api_key, timeout
-        self.max_retries, self.backoff, self.temperature, self.sleep = max_retries, backoff, temperature, sleep
-        self.requests = 0  # attempts, retries included (reported in the summary)
+                 max_retries: int = 5, temperature: float = 0.9):
+        import openai
 
-    def _post(self, payload: dict) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, json.dumps(payload).encode(), headers, method="POST")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.max_retries, self.temperature = model, max_retries, temperature
+        self.requests = 0  # HTTP attempts, retries included (reported in the summary)
+        http = openai.DefaultHttpxClient(event_hooks={"request": [self._count]})
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or NO_KEY, timeout=timeout,
+                                    max_retries=max_retries, http_client=http)
+
+    def _count(self, request) -> None:
         self.requests += 1
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as exc:
-            body = exc.read()[:300].decode("utf-8", "replace")
-            if exc.code in RETRY_STATUS:
-                after = exc.headers.get("Retry-After") if exc.headers else None
-                raise RetryableError(f"HTTP {exc.code}: {body}", float(after) if after and after.isdigit() else None)
-            hint = " (check the API key in the environment variable)" if exc.code in (401, 403) else ""
-            raise RuntimeError(f"{self.url}: HTTP {exc.code}{hint}: {body}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError) as exc:
-            raise RetryableError(f"{type(exc).__name__}: {exc}") from None
 
     def complete(self, messages: list[dict], parse=lambda s: s):
-        """The first choice's content passed through ``parse``; a ValueError from parse is retried too."""
+        """The first choice's content passed through ``parse``; an unusable answer is asked again."""
+        import openai
+
+        problem, reply = "", None
         for attempt in range(self.max_retries + 1):
             try:
-                data = self._post({"model": self.model, "messages": messages, "temperature": self.temperature})
+                reply = self.client.chat.completions.create(model=self.model, messages=messages,
+                                                            temperature=self.temperature)
+                content = reply.choices[0].message.content
+            except openai.APIStatusError as exc:  # the client retried what can be retried
+                hint = " (check the API key in the environment variable)" if exc.status_code in (401, 403) else ""
+                tries = f"giving up after {self.max_retries + 1} attempts: " if exc.status_code >= 408 else ""
+                raise RuntimeError(f"{self.url}: {tries}HTTP {exc.status_code}{hint}: {str(exc)[:300]}") from None
+            except openai.APIConnectionError as exc:  # timeouts too
+                raise RuntimeError(f"{self.url}: giving up after {self.max_retries + 1} attempts: "
+                                   f"{type(exc).__name__}: {exc}") from None
+            except ValueError as exc:  # the body is not JSON
+                problem = f"malformed response ({type(exc).__name__}: {exc})"
+            except (AttributeError, IndexError, TypeError):  # JSON, but no choice with a message
+                problem = f"unexpected response shape: {str(reply)[:200]}"
+            else:
                 try:
-                    content = data["choices"][0]["message"]["content"]
-                except (KeyError, IndexError, TypeError):
-                    raise RetryableError(f"unexpected response shape: {str(data)[:200]}") from None
-                try:
-                    return parse(content)
+                    return parse(content if isinstance(content, str) else "")
                 except ValueError as exc:
-                    raise RetryableError(f"unparsable answer ({exc}): {content[:200]!r}") from None
-            except RetryableError as exc:
-                if attempt == self.max_retries:
-                    raise RuntimeError(f"{self.url}: giving up after {attempt + 1} attempts: {exc}") from None
-                # 1, 2, 4, 8... x backoff seconds (capped at 60), +-10 % jitter so parallel workers spread out
-                delay = min(60.0, exc.retry_after if exc.retry_after is not None else self.backoff * 2 ** attempt)
-                log.warning("request failed (%s); retry %d/%d in %.1f s", exc, attempt + 1, self.max_retries, delay)
-                self.sleep(delay * random.uniform(0.9, 1.1))
-        raise AssertionError("unreachable")
+                    problem = f"unparsable answer ({exc}): {str(content)[:200]!r}"
+            log.warning("%s; asking again (%d/%d)", problem, attempt + 1, self.max_retries)
+        raise RuntimeError(f"{self.url}: no usable answer after {self.max_retries + 1} attempts: {problem}")
 
 
 def parse_paraphrases(content: str, count: int) -> dict[int, list[str]]:
@@ -209,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--prompt-file", help="system prompt text ({n} = paraphrases per caption)")
     g.add_argument("--temperature", type=float, default=0.9)
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    g.add_argument("--max-retries", type=int, default=5)
-    g.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles each time)")
+    g.add_argument("--max-retries", type=int, default=5,
+                   help="HTTP retries (back-off 0.5 s doubling, or the server's Retry-After) "
+                        "and re-asks after unusable answers")
     g.add_argument("--cache", help="resumable JSONL cache (default: <out>.cache.jsonl)")
     g.add_argument("--no-progress", action="store_true")
     p.add_argument("--paraphrases", nargs="+", help="(b) JSONL files of paraphrases made elsewhere: no generation")
@@ -221,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="sentence encoder: HF id or local folder (mean-pooled), or 'ngram' (model-free)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    for name in ("httpx", "httpx2"):  # one line per request would drown the progress bar; retries still show
+        logging.getLogger(name).setLevel(logging.WARNING)
     if a.n < 1 or a.batch_size < 1 or a.top_k < 1:
         p.error("--n, --batch-size and --top-k must be >= 1")
 
@@ -239,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         key = os.environ.get(a.api_key_env)
         if not key:
-            log.warning("$%s is not set: sending requests without an API key", a.api_key_env)
+            log.warning("$%s is not set: sending requests without an API key (placeholder %r)", a.api_key_env, NO_KEY)
         prompt = Path(a.prompt_file).read_text(encoding="utf-8") if a.prompt_file else DEFAULT_PROMPT
-        client = ChatClient(a.base_url, a.model, key, a.timeout, a.max_retries, a.backoff, a.temperature)
+        client = ChatClient(a.base_url, a.model, key, a.timeout, a.max_retries, a.temperature)
         cache = Path(a.cache or a.out + ".cache.jsonl")
         paras = generate(captions, client, cache, a.n, a.batch_size, prompt, a.concurrency, not a.no_progress)
         requests = client.requests

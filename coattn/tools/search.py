@@ -2,9 +2,11 @@
 
     coattn search "a dog barks while rain falls" --ckpt_path runs/demo/checkpoints/best.ckpt \\
         --audio-dir ~/sounds [--top-k 10] [--mode rerank|exact] [--rerank-k 64] [--index-dir DIR]
+    coattn search "a dog barks while rain falls" --model exported/demo --audio-dir ~/sounds
 
 1. The model is loaded from the checkpoint (``CoAttnModel.from_checkpoint``: weights only, the
-   stored model configuration rebuilds the encoders and the cascade; a bad file is one line).
+   stored model configuration rebuilds the encoders and the cascade; a bad file is one line) or
+   from an exported model folder or Hub id (``--model``: ``CoAttnModel.from_pretrained``, coattn/hub.py).
 2. The folder is indexed once: every audio file below it that the data modules read (``.wav``,
    ``.flac``, ``.ogg``, ``.mp3``; recursive, hidden folders skipped) is read like an evaluation clip
    (mono, resampled to the encoder's rate, the first ``clip_seconds`` kept, shorter clips
@@ -115,6 +117,27 @@ def _encode(model, audio_dir: Path, rels: list[str], batch_size: int, device: st
                      (len(rels) - done) / (done / (last - t0)))
 
 
+def load_model(ckpt_path: str | None, model: str | None, device: str = "cpu"):
+    """The model of a ``coattn fit`` checkpoint or of an exported folder / Hub id (exactly one)."""
+    from coattn.errors import ConfigError, UserFacingError
+    from coattn.model import CoAttnModel
+
+    if (ckpt_path is None) == (model is None):
+        raise ValueError("give either --ckpt_path (a checkpoint of `coattn fit`) or --model (an exported folder)")
+    if ckpt_path is not None:
+        return CoAttnModel.from_checkpoint(ckpt_path, device)
+    if Path(model).expanduser().is_dir():
+        return CoAttnModel.from_pretrained(model, map_location=device)
+    try:
+        return CoAttnModel.from_pretrained(model, map_location=device)
+    except UserFacingError:
+        raise
+    except Exception as exc:  # huggingface_hub's errors for an id it cannot fetch (offline, unknown, invalid)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ConfigError(f"--model {model!r}: no such folder, and fetching it from the Hugging Face Hub failed "
+                          f"({type(exc).__name__}: {first})") from None
+
+
 def build_index(model, audio_dir: str | os.PathLike, index_dir: str | os.PathLike | None = None,
                 batch_size: int = 8, device: str = "cpu") -> Index:
     """Bring the index of ``audio_dir`` up to date (encoding only new or changed files) and load it."""
@@ -170,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="coattn search", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("query", nargs="+", help="one or more queries (quote each sentence)")
-    p.add_argument("--ckpt_path", "--ckpt-path", dest="ckpt_path", required=True, help="checkpoint of `coattn fit`")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt_path", "--ckpt-path", dest="ckpt_path", help="checkpoint of `coattn fit`")
+    src.add_argument("--model", help="exported model folder (`coattn export`) or Hugging Face Hub id")
     p.add_argument("--audio-dir", required=True, help="folder of audio files to search (recursive)")
     p.add_argument("--top-k", type=int, default=10, help="clips printed per query (default 10)")
     p.add_argument("--mode", choices=["rerank", "exact"], default="rerank",
@@ -189,11 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)
     from coattn.errors import UserFacingError
-    from coattn.model import CoAttnModel
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        model = CoAttnModel.from_checkpoint(args.ckpt_path, device)
+        model = load_model(args.ckpt_path, args.model, device)
         index = build_index(model, args.audio_dir, args.index_dir, args.batch_size, device)
     except (FileNotFoundError, ValueError, UserFacingError) as exc:
         print(f"coattn search: {exc}", file=sys.stderr)

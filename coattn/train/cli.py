@@ -9,9 +9,14 @@ What it adds to LightningCLI, in the order it happens:
    (coattn/train/legacy.py); the run folder moves where ``COATTN_RUN_DIR`` or a W&B sweep agent asks
    (coattn/train/runs.py); then ``--ckpt_path`` is checked and resolved *after* that move
    (``last`` = the newest ``last*.ckpt`` of the run's ModelCheckpoint folder). A missing, truncated,
-   unsafe or foreign file is a one-line error before anything is built.
-2. **Who wins with a checkpoint**: the checkpoint restores the *architecture* (the ``model`` keys that
-   are ``CoAttnModel``'s arguments: encoders, cascade, heads), so it always matches the weights;
+   unsafe or foreign file is a one-line error before anything is built. ``--model DIR`` (validate,
+   test, predict), where DIR is a folder of ``coattn export`` / ``save_pretrained``, is the other
+   source of a model: the folder's architecture is put in the config (at the place of ``--model``,
+   so no ``--config`` is needed for it) and, after the classes are built, its weights and tokenizer
+   are loaded (coattn/hub.py). ``--model FILE.yaml`` keeps LightningCLI's meaning (a config of the
+   model group): only a folder is an exported model.
+2. **Who wins with a checkpoint** (or an exported folder): it restores the *architecture* (the ``model``
+   keys that are ``CoAttnModel``'s arguments: encoders, cascade, heads), so it always matches the weights;
    every override is printed. Everything else (``model.evaluation``, ``loss``, ``optim``,
    ``feature_cache``, ``data``, ``trainer``) is the command's: a structural rule, not a key list.
    A checkpoint whose weights do not fit the model the config builds is an error listing them.
@@ -28,14 +33,17 @@ with it). Only public LightningCLI hooks are used, but one: see ``_parse_ckpt_pa
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
 from typing_extensions import override
 
-from coattn.errors import CheckpointError, UserFacingError
+from coattn import hub
+from coattn.errors import CheckpointError, ConfigError, UserFacingError
 from coattn.io import load_checkpoint
 from coattn.model import CoAttnModel
 from coattn.train import legacy, runs
@@ -88,6 +96,7 @@ class CoAttnCLI(LightningCLI):
         self._parse_only = parse_only
         self._ckpt_file: str | None = None
         self._ckpt_shapes: dict[str, tuple] | None = None
+        self._exported: tuple[Path, dict] | None = None  # (folder, config) of --model DIR
         super().__init__(CoAttnRetrieval, AudioCaptionDataModule, subclass_mode_data=True,
                          save_config_callback=WandbSaveConfigCallback, save_config_kwargs={"overwrite": True},
                          args=args, run=run, parser_kwargs={"parser_mode": legacy.register_parser_mode()})
@@ -104,6 +113,9 @@ class CoAttnCLI(LightningCLI):
             args = None if upgraded == sys.argv[1:] else upgraded
         elif isinstance(args, list):
             args = legacy.upgrade_argv(args)
+        swapped = self._exported_model(sys.argv[1:] if args is None else args)
+        if swapped is not None:
+            args = swapped
         super().parse_arguments(parser, args)
         sub, cfg = self._section()
         trainer = cfg.get("trainer")
@@ -112,8 +124,40 @@ class CoAttnCLI(LightningCLI):
             old = runs.relocate_outputs(cfg, run_dir)
             print(f"coattn: outputs of this run go to {run_dir} (instead of {old})", file=sys.stderr)
             runs.name_wandb_runs(cfg)
-        if sub in ("fit", "validate", "test", "predict") and cfg.get("ckpt_path"):
+        if self._exported is not None:
+            if cfg.get("ckpt_path"):
+                raise ConfigError("give either --ckpt_path (a checkpoint) or --model DIR (an exported folder), "
+                                  "not both")
+            folder, config = self._exported
+            self._overlay_architecture(sub, config, f"the exported model {folder}")
+        elif sub in ("fit", "validate", "test", "predict") and cfg.get("ckpt_path"):
             self._resolve_checkpoint(sub, cfg)
+
+    def _exported_model(self, argv: Any) -> list[str] | None:
+        """``argv`` with ``--model DIR`` (an exported folder) replaced by its architecture as the model
+        group's config (JSON), remembering the folder; None when there is no such option."""
+        if not isinstance(argv, list):
+            return None
+        out, found = list(argv), None
+        for i, a in enumerate(argv):
+            if a == "--model" and i + 1 < len(argv):
+                at, value, prefix = i + 1, argv[i + 1], ""
+            elif a.startswith("--model="):
+                at, value, prefix = i, a.split("=", 1)[1], "--model="
+            else:
+                continue
+            if Path(value).expanduser().is_dir():  # a folder is never a config of the model group
+                found = Path(value).expanduser()
+                config = hub.read_config(found)
+                out[at] = prefix + json.dumps({k: v for k, v in config.items() if k in ARCHITECTURE})
+                self._exported = (found, config)
+        if found is None:
+            return None
+        sub = next((a for a in argv if not a.startswith("-")), None)
+        if sub not in ("validate", "test", "predict"):
+            raise ConfigError(f"--model {found}: an exported model folder serves `coattn validate / test / predict` "
+                              f"(not {sub!r}); to train, use the config of the run (`--config`) or `--ckpt_path`")
+        return out
 
     def _resolve_checkpoint(self, sub: str, cfg) -> None:
         ckpt = str(cfg.get("ckpt_path"))
@@ -144,19 +188,24 @@ class CoAttnCLI(LightningCLI):
             print(f"coattn: {ckpt} stores no hyper-parameters: the model is built from the config", file=sys.stderr)
             return
         hparams = legacy.upgrade_class_paths(legacy.upgrade_model_section(hparams, ckpt), ckpt)
-        architecture = {k: v for k, v in hparams.items() if k in ARCHITECTURE}
-        before = _flatten(_ns_to_dict(cfg.get("model")) or {})
+        self._overlay_architecture(sub, hparams, f"the checkpoint {ckpt}")
+
+    def _overlay_architecture(self, sub: str, stored: dict, source: str) -> None:
+        """Put the ``CoAttnModel`` arguments of ``stored`` over the command's ``model`` section, printing
+        every value that changes (rule 2 of the module docstring)."""
+        architecture = {k: v for k, v in stored.items() if k in ARCHITECTURE}
+        before = _flatten(_ns_to_dict(self.config[sub].get("model")) or {})
         try:
             self.config = self.parser.parse_object({sub: {"model": architecture}}, self.config)
         except SystemExit:
-            sys.stderr.write(f"coattn: the model configuration stored in {ckpt} does not parse with this version of "
-                             "coattn (a renamed or removed model option?)\n")
+            sys.stderr.write(f"coattn: the model configuration stored in {source} does not parse with this version "
+                             "of coattn (a renamed or removed model option?)\n")
             raise
         after = _flatten(_ns_to_dict(self.config[sub].get("model")) or {})
         changed = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
         if changed:
             lines = [f"  model.{k}: {after.get(k)!r} (config: {before.get(k)!r})" for k in changed]
-            print(f"coattn: the model architecture comes from the checkpoint {ckpt}; it overrides:\n"
+            print(f"coattn: the model architecture comes from {source}; it overrides:\n"
                   + "\n".join(lines), file=sys.stderr)
 
     # The one private LightningCLI method coattn overrides. LightningCLI.__init__ (2.6) calls it right
@@ -182,6 +231,10 @@ class CoAttnCLI(LightningCLI):
     @override
     def after_instantiate_classes(self) -> None:
         runs.absolute_wandb_dirs(getattr(getattr(self, "trainer", None), "loggers", []))
+        if self._exported is not None and getattr(self, "model", None) is not None:
+            folder, config = self._exported
+            hub.load_weights(self.model.model, folder, config)  # strict: a mismatch is a one-line error
+            self.model.exported_from = str(folder)  # recorded in metrics.json
         if self._ckpt_shapes is None or getattr(self, "model", None) is None:
             return
         own = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}

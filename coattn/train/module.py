@@ -79,6 +79,7 @@ class CoAttnRetrieval(pl.LightningModule):
         self.last_losses: dict[str, torch.Tensor] = {}  # this step's loss terms (callbacks.NonFiniteGuard)
         self.last_evaluation: EvaluationResult | None = None  # the last scored split (callbacks)
         self.last_retrieval: dict = {}  # how it was scored (mode, K, cascade passes)
+        self.exported_from: str | None = None  # the folder of `coattn test --model DIR` (coattn/train/cli.py)
 
     @staticmethod
     def _cli_hparams() -> bool:
@@ -208,7 +209,8 @@ class CoAttnRetrieval(pl.LightningModule):
         self.last_evaluation = EvaluationResult(stage, result.scores.detach().float().cpu(), c.captions, c.fnames,
                                                 c.caption_clip.cpu(), dict(metrics))
         if stage == "test" and self.trainer.is_global_zero:
-            extra = {"ckpt_path": self.trainer.ckpt_path, "cascade": self.model.cascade.kind, **result.info}
+            extra = {"ckpt_path": self.trainer.ckpt_path, "model_dir": self.exported_from,
+                     "cascade": self.model.cascade.kind, **result.info}
             out = self.evaluation.output_dir(self.trainer.default_root_dir, "test") / (name or "")
             write_test_results(out, c, result.scores, metrics, per_query, self.evaluation.bootstrap, extra, multi)
         return metrics

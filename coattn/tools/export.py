@@ -1,0 +1,93 @@
+"""``coattn export``: turn a ``coattn fit`` checkpoint into a self-contained model folder.
+
+    coattn export --ckpt_path runs/demo/checkpoints/best.ckpt exported/demo [--license mit]
+    python -c "from coattn import CoAttnModel; CoAttnModel.from_pretrained('exported/demo')"
+    hf upload user/coattn-demo exported/demo          # share it on the Hub (a token and the network)
+
+A Lightning checkpoint carries the whole training state and configuration and only coattn's
+commands read it. The folder (coattn/hub.py) holds the weights in safetensors, the architecture in
+``config.json`` (no training setting, no machine path: it loads on any machine, CLAP checkpoint
+and RoBERTa download not needed), the tokenizer, and a model card ``README.md``
+(coattn/model_card.py) with the data and command of the run and, when ``coattn test`` ran on this
+checkpoint, its test metrics with confidence intervals. The export then loads the folder back
+and checks that every weight is identical.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="coattn export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir", help="the model folder to write")
+    p.add_argument("--ckpt_path", "--ckpt-path", dest="ckpt_path", required=True, help="checkpoint of `coattn fit`")
+    p.add_argument("--license", default=None,
+                   help="licence identifier for the card's metadata (Hub ids: mit, apache-2.0, cc-by-4.0, other...); "
+                        "mind the training data's licences")
+    p.add_argument("--name", default=None, help="model name in the card (default: the folder's name)")
+    p.add_argument("--repo-id", default=None, help="Hub id the card's example loads (default: the folder's path)")
+    p.add_argument("--run-dir", default=None,
+                   help="run folder with the fit configuration and results/test/metrics.json "
+                        "(default: <run> of <run>/checkpoints/CKPT)")
+    p.add_argument("--metrics", default=None,
+                   help="metrics.json of `coattn test` to put in the card "
+                        "(default: the run's, if it is this checkpoint's)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an existing, non-empty OUT_DIR")
+    args = p.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    import torch
+
+    from coattn import model_card
+    from coattn.errors import UserFacingError
+    from coattn.hub import WEIGHTS_FILE
+    from coattn.io import load_checkpoint
+    from coattn.model import CoAttnModel
+
+    out = Path(args.out_dir)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        print(f"coattn export: {out} is not empty; pass --overwrite to replace its files", file=sys.stderr)
+        return 2
+    try:
+        model = CoAttnModel.from_checkpoint(args.ckpt_path)
+        meta = load_checkpoint(args.ckpt_path, mmap=True)  # epoch / step for the card (memory-mapped: cheap)
+        fields = model_card.training(args.ckpt_path, meta, args.run_dir, args.metrics)
+    except (UserFacingError, OSError) as exc:
+        print(f"coattn export: {exc}", file=sys.stderr)
+        return 2
+    command = " ".join(["coattn", "export", *(argv if argv is not None else sys.argv[1:])])
+    fields.update(model_name=args.name or out.resolve().name, repo_id=args.repo_id or str(out),
+                  provenance=f"Exported by `{command}` (coattn {__import__('coattn').__version__}) from "
+                             f"`{Path(args.ckpt_path).name}`.")
+    if args.license:
+        fields["license_text"] = f"`{args.license}` (the `license` field of this card's metadata)."
+    (out / "README.md").unlink(missing_ok=True)  # the mixin keeps an existing card: make a new one
+    shutil.rmtree(out / "text_encoder", ignore_errors=True)  # no stale tokenizer of another model
+    model.save_pretrained(out, model_card_kwargs=fields)
+    if args.license:
+        from huggingface_hub import ModelCard
+
+        card = ModelCard.load(out / "README.md")
+        card.data.license = args.license
+        card.save(out / "README.md")
+    again = CoAttnModel.from_pretrained(out)  # the folder alone must give back every weight, bit for bit
+    ref = model.state_dict()
+    bad = [k for k, v in again.state_dict().items() if not torch.equal(v, ref[k])]
+    if bad or set(ref) != set(again.state_dict()):
+        print(f"coattn export: {out} does not reload to the same weights ({bad[:3]})", file=sys.stderr)
+        return 1
+    size = (out / WEIGHTS_FILE).stat().st_size / 2 ** 20
+    files = sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())
+    print(f"exported {args.ckpt_path} -> {out}: {len(ref)} tensors ({size:.1f} MiB), reloaded and checked "
+          f"identical; test metrics in the card: {'yes' if 'metrics' in fields else 'no'}\n  " + "\n  ".join(files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

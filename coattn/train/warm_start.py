@@ -24,7 +24,8 @@ PARTS = ("audio_encoder.", "text_encoder.", "dual_audio.", "dual_text.", "dual_t
 def warm_start(model, path: str | os.PathLike) -> int:
     """Copy the towers and dual heads of the checkpoint at ``path`` into ``model`` (a CoAttnModel); returns
     how many tensors were copied."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, hint="model.init_from names stage 1 of a two-stage recipe: train it first (e.g. "
+                           "`coattn fit --config experiments/demo_dual.yaml`), or set model.init_from: null.")
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"model.init_from {str(path)!r} is not a checkpoint of `coattn fit` (no 'state_dict')")

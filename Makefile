@@ -36,8 +36,8 @@ demo: install demo-data demo-fit demo-test
 demo-data:
 	$(COATTN) synth $(DEMO_DATA) --seed 0
 
-demo-fit:
-	$(COATTN) fit --config experiments/demo.yaml
+demo-fit:  # --ckpt_path last: a second `make demo` resumes (or finds the run done); `make clean-demo` starts over
+	$(COATTN) fit --config experiments/demo.yaml --ckpt_path last
 
 demo-test:
 	$(COATTN) test --config experiments/demo.yaml --ckpt_path $(DEMO_RUN)/checkpoints/best.ckpt

@@ -19,6 +19,7 @@ import torchaudio
 
 CropMode = Literal["random", "start", "centre"]
 PadMode = Literal["repeat", "zeros"]
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")  # what libsndfile (>= 1.1) reads: indexed and checked
 
 # One Resample module per (source, target) rate in each process: building the windowed-sinc
 # kernel costs ~1 ms and Clotho mixes 44.1 and 48 kHz files, so rebuilding per clip adds up.

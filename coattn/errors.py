@@ -4,6 +4,7 @@ line (no traceback unless ``COATTN_DEBUG=1``) naming the file, row or key and wh
     UserFacingError      base class: the CLI catches it and exits 1 with ``coattn: error: <message>``
     ConfigError          a setting that cannot work (names the config key)
     DataError            a dataset file that cannot be read as it is (names the file and row)
+    OutputError          a run, result or index folder that cannot be written (names the folder)
     CheckpointError      a checkpoint that is missing, unreadable, unsafe or does not fit the model
     NonFiniteError       a NaN/Inf loss, gradient or weight: training stops before it damages anything
 """
@@ -20,6 +21,15 @@ class ConfigError(UserFacingError, ValueError):
 
 class DataError(UserFacingError, ValueError):
     """A dataset file that cannot be used as it is; the message names the file and the row."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A caption file or folder that is not there (also a ``FileNotFoundError``, for callers that catch that)."""
+
+
+class OutputError(UserFacingError, OSError):
+    """A folder or file coattn must write that cannot be created or written (read-only, a file in the way,
+    a full disk); the message names it."""
 
 
 class CheckpointError(UserFacingError, ValueError):

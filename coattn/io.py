@@ -36,7 +36,6 @@ import re
 import tempfile
 import types
 import warnings
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -210,6 +209,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
         raise CheckpointNotFoundError(f"checkpoint not found: {name!r}.{tail}")
     if p.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {name!r} is empty (0 bytes): an interrupted copy?{tail}")
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: a zip archive, or (legacy) a pickle
+        raise CheckpointError(f"{name!r} is not a torch checkpoint (it starts with {head!r}, not a zip archive or a "
+                              f"pickle): the wrong file?{tail}")
     try:
         try:
             with warnings.catch_warnings():  # torch warns about protocol 4 just before failing on it
@@ -228,7 +232,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
             raise _unsafe(name, exc, hint) from None
     except CheckpointError:
         raise
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, pickle.UnpicklingError) as exc:
+    except Exception as exc:  # noqa: BLE001 - bytes that are not a checkpoint make torch raise almost anything
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise CheckpointError(f"cannot read checkpoint {name!r} (truncated, or not a torch checkpoint): "
                               f"{type(exc).__name__}: {first}{tail}") from None

@@ -81,19 +81,33 @@ class FeatureStore:
         path = self.root / "meta.json"
         if path.is_file():
             try:
-                json.loads(path.read_text(encoding="utf-8"))
-                return
+                if isinstance(json.loads(path.read_text(encoding="utf-8")), dict):
+                    return
+                why = "not a JSON object"
             except (UnicodeDecodeError, json.JSONDecodeError, OSError) as exc:
-                log.warning("feature store %s: damaged %s (%s): rewritten", self.root, path.name, type(exc).__name__)
+                why = type(exc).__name__
+            log.warning("feature store %s: damaged %s (%s): rewritten", self.root, path, why)
         atomic_write_text(path, json.dumps(meta, indent=1, sort_keys=True, default=str))
 
     def _read_shard(self, name: str) -> tuple[list[str], dict[str, np.ndarray]]:
-        keys = json.loads((self.root / f"{name}.keys.json").read_text(encoding="utf-8"))
+        """The keys and memory-mapped parts of a shard; ValueError naming the damaged file."""
+        kf = f"{name}.keys.json"
+        try:
+            keys = json.loads((self.root / kf).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{kf}: {type(exc).__name__}") from None
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise ValueError("keys file is not a list of strings")
-        parts = {p: np.load(self.root / f"{name}.{p}.npy", mmap_mode="r") for p in PARTS}
-        if any(a.shape[0] != len(keys) for a in parts.values()):
-            raise ValueError(f"{len(keys)} keys but {[a.shape[0] for a in parts.values()]} rows")
+            raise ValueError(f"{kf} is not a list of strings")
+        parts = {}
+        for p in PARTS:
+            try:
+                parts[p] = np.load(self.root / f"{name}.{p}.npy", mmap_mode="r")
+            except (OSError, ValueError, EOFError) as exc:
+                raise ValueError(f"{name}.{p}.npy: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                                 ) from None
+        bad = [f"{name}.{p}.npy" for p, a in parts.items() if a.ndim == 0 or a.shape[0] != len(keys)]
+        if bad:
+            raise ValueError(f"{kf} lists {len(keys)} keys, but {', '.join(bad)} hold another number of rows")
         return keys, parts
 
     def refresh(self) -> None:
@@ -104,8 +118,8 @@ class FeatureStore:
                 continue
             try:
                 keys, parts = self._read_shard(name)
-            except (OSError, ValueError, UnicodeDecodeError, EOFError) as exc:
-                self._remove(name, why=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            except (OSError, ValueError) as exc:
+                self._remove(name, why=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 continue
             self._shards[name], self._keys[name] = parts, keys
             for i, k in enumerate(keys):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
+from coattn.errors import ConfigError, DataError, DataNotFoundError
 from data_modules.base import AudioCaptionDataModule
 from data_modules.layouts import AUDIOCAPS_TEMPLATE, Layout, audiocaps_layout
 from data_modules.splits import FolderIndex, SplitSource, read_csv_rows
@@ -33,7 +34,7 @@ def check_template(template: str) -> None:
     fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
     unknown = {f.split(".")[0].split("[")[0] for f in fields} - TEMPLATE_FIELDS
     if unknown or not fields:
-        raise ValueError(f"file_template {template!r}: unknown field(s) {sorted(unknown)}; use "
+        raise ConfigError(f"file_template {template!r}: unknown field(s) {sorted(unknown)}; use "
                          f"{sorted(TEMPLATE_FIELDS)} (start/end are floats, e.g. '{{youtube_id}}_{{start:.3f}}.wav')")
 
 
@@ -84,7 +85,7 @@ class AudioCapsDataModule(AudioCaptionDataModule):
     def split_source(self, name: str) -> SplitSource:
         path = self.csvs[name]
         if not path.is_file():
-            raise FileNotFoundError(f"AudioCaps {name} caption file {path} not found; set root or {name}_csv")
+            raise DataNotFoundError(f"AudioCaps {name} caption file {path} not found; set root or {name}_csv")
         rows = read_csv_rows(path, COLUMNS)
         index = FolderIndex(self.audio_dirs[name])
         # Group captions by clip: (youtube_id, start_time) identifies 10 s of a video. The file is
@@ -97,7 +98,7 @@ class AudioCapsDataModule(AudioCaptionDataModule):
                 key = (row["youtube_id"], str(float(row["start_time"])))
                 wanted = template_name(self.file_template, row)
             except ValueError:
-                raise ValueError(f"{path}: row ending at line {line} has start_time {row['start_time']!r}, "
+                raise DataError(f"{path}: row ending at line {line} has start_time {row['start_time']!r}, "
                                  "not a number") from None
             found = index.find(wanted, self.extensions)
             if key not in clip_file or (found and not clip_found[key]):

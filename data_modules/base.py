@@ -2,27 +2,60 @@
 
 Subclasses only say where clips and captions are (``split_source``); this class owns the
 Lightning side they share: stage names to splits, the exclude file, the missing-clip reports,
-and building the loaders. Reading caption files and path safety live in ``data_modules.splits``;
+and building the loaders. Its ``state_dict`` (saved in every checkpoint) is where training stands
+in the epoch, so that a fit resumed from a mid-epoch checkpoint (a SIGTERM, ``every_n_train_steps``)
+trains the rest of that epoch in the original order instead of starting its order again.
+Reading caption files and path safety live in ``data_modules.splits``;
 the datasets, the sampler and the batch contract in ``data_modules.datasets``.
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import signal
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Iterator, Literal
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from coattn.errors import ConfigError
+from coattn.errors import ConfigError, DataError
 from data_modules.datasets import ClipDataset, EpochSampler, TrainDataset, collate
-from data_modules.splits import Split, SplitSource, make_split
+from data_modules.splits import Split, SplitSource, describe_rejections, make_split
 
 log = logging.getLogger("coattn.data")
 
 SPLIT_ALIASES = {"train": "train", "fit": "train", "val": "val", "validate": "val", "validation": "val",
                  "test": "test", "predict": "predict"}
+
+
+def ignore_sigterm(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM: ``kill -TERM -<group>`` (Slurm, Kubernetes) reaches them too, and
+    a worker dying of it makes the main process raise "DataLoader worker ... killed by signal" mid-step.
+    The main process stops cleanly instead (callbacks.signals) and shuts its workers down itself;
+    workers of a main process that died exit on their own (PyTorch's parent watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class _Resumed(Sampler):
+    """The training sampler of a resumed fit: starts at ``epoch`` and skips the first ``skip`` items once
+    (the batches trained before the checkpoint); its length stays the epoch's, as Lightning counts."""
+
+    def __init__(self, inner: EpochSampler, epoch: int, skip: int):
+        self.inner, self.skip = inner, skip
+        inner.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator:
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.inner), skip, None)
 
 
 class AudioCaptionDataModule(pl.LightningDataModule):
@@ -52,6 +85,13 @@ class AudioCaptionDataModule(pl.LightningDataModule):
             several relevant clips per query. Without one, one relevant clip per caption (the default).
         relevance_threshold: for graded files (``caption,file_name,relevance``): pairs scoring at
             least this are relevant. The official 2025 file is already binary (no threshold).
+        follow_symlinks: accept clips that are symlinks to files outside their audio folder (a
+            dataset made of per-file links into a shared pool). Off by default: names in a caption
+            file must not reach outside the folder. Names must be relative and free of ``..``
+            either way; a linked *folder* works without this.
+        pad: how clips shorter than ``clip_seconds`` are filled: ``repeat`` (CLAP's repeat-pad) or
+            ``zeros`` (silence, masked out of the model's frames). Repeating blurs order ("A then B"
+            becomes "A B A B"), so order-aware models use ``zeros``.
     """
 
     # The evaluation splits the dataset publishes (WavCaps: none; MultiDataModule validates on these).
@@ -64,17 +104,19 @@ class AudioCaptionDataModule(pl.LightningDataModule):
                  seed: int = 0, augmentation_file: str | None = None, augment_prob: float = 0.0,
                  exclude_file: str | None = None, report_dir: str | None = None,
                  relevance_files: dict[str, str] | None = None, relevance_threshold: float | None = None,
-                 pad: Literal["repeat", "zeros"] = "repeat"):
+                 follow_symlinks: bool = False, pad: Literal["repeat", "zeros"] = "repeat"):
         super().__init__()
+        for key, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                                ("num_workers", num_workers, 0)):
+            if value < low:
+                raise ConfigError(f"{key} must be >= {low}, got {value}")
         if pad not in ("repeat", "zeros"):
-            raise ValueError(f"pad must be 'repeat' or 'zeros', got {pad!r}")
+            raise ConfigError(f"pad must be 'repeat' or 'zeros', got {pad!r}")
         self.pad = pad
-        if batch_size < 1 or eval_batch_size < 1 or num_workers < 0:
-            raise ValueError("batch_size and eval_batch_size must be >= 1 and num_workers >= 0")
         if not 0.0 <= augment_prob <= 1.0:
-            raise ValueError(f"augment_prob must be in [0, 1], got {augment_prob}")
+            raise ConfigError(f"augment_prob must be in [0, 1], got {augment_prob}")
         if augment_prob > 0 and not augmentation_file:
-            raise ValueError("augment_prob > 0 needs augmentation_file (written by `coattn augment`)")
+            raise ConfigError("augment_prob > 0 needs augmentation_file (written by `coattn augment`)")
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
@@ -87,6 +129,7 @@ class AudioCaptionDataModule(pl.LightningDataModule):
         if unknown:
             raise ConfigError(f"data relevance_files: unknown split(s) {sorted(unknown)}; use val and/or test")
         self.relevance_files, self.relevance_threshold = dict(relevance_files or {}), relevance_threshold
+        self.follow_symlinks = follow_symlinks
         self._exclude: frozenset[str] | None = None
         # identity keys to leave out of training (MultiDataModule: clips of any dataset's evaluation splits)
         self.train_exclude_keys: frozenset[str] = frozenset()
@@ -95,6 +138,7 @@ class AudioCaptionDataModule(pl.LightningDataModule):
         self._datasets: dict[str, Dataset] = {}
         self._paraphrases: dict[str, list[str]] | None = None
         self._load_audio = True
+        self._resume: dict[str, int] | None = None  # from a checkpoint: the epoch to start and batches done in it
 
     # -- subclasses -----------------------------------------------------------------------------
     def split_source(self, name: str) -> SplitSource:
@@ -117,11 +161,12 @@ class AudioCaptionDataModule(pl.LightningDataModule):
         name = "test" if name == "predict" else name
         if name not in self._splits:
             source = self.split_source(name)
-            s = make_split(source, self.excluded_names(), self.excluded_keys(name))
+            s = make_split(source, self.excluded_names(), self.excluded_keys(name), self.follow_symlinks)
             if len(s) == 0:
-                raise ValueError(f"{name} split has no usable clips in {s.audio_dir} (listed in {source.csv}: "
-                                 f"{len(s.missing)} missing, {len(s.rejected)} rejected, {len(s.excluded)} excluded); "
-                                 "check root and the audio folder options")
+                why = f" ({describe_rejections(s.why_rejected)})" if s.rejected else ""
+                raise DataError(f"{name} split has no usable clips in {s.audio_dir} (listed in {source.csv}: "
+                                f"{len(source.rows)} rows; {len(s.missing)} missing, {len(s.rejected)} rejected{why}, "
+                                f"{len(s.excluded)} excluded); check root and the audio folder options")
             self._report(s, source)
             self._splits[name] = s
         return self._splits[name]
@@ -167,9 +212,10 @@ class AudioCaptionDataModule(pl.LightningDataModule):
                 f.write_text("".join(n + "\n" for n in names), encoding="utf-8")
                 files.append(str(f))
         total = len(s) + len(s.missing) + len(s.rejected) + len(s.excluded)
-        log.warning("%s split: using %d of %d clips listed in %s: %d missing from %s, %d rejected (unsafe names), "
+        why = f" ({describe_rejections(s.why_rejected)})" if s.rejected else ""
+        log.warning("%s split: using %d of %d clips listed in %s: %d missing from %s, %d rejected%s, "
                     "%d excluded; lists in %s", s.name, len(s), total, source.csv, len(s.missing), s.audio_dir,
-                    len(s.rejected), len(s.excluded), ", ".join(files))
+                    len(s.rejected), why, len(s.excluded), ", ".join(files))
 
     def split_clips(self, stage: str) -> list[str]:
         """File names in clip_index order."""
@@ -232,13 +278,37 @@ class AudioCaptionDataModule(pl.LightningDataModule):
 
     def _loader_kwargs(self) -> dict:
         return {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
-                "persistent_workers": self.persistent_workers, "collate_fn": collate}
+                "persistent_workers": self.persistent_workers, "collate_fn": collate,
+                "worker_init_fn": ignore_sigterm if self.num_workers > 0 else None}
 
     def train_dataloader(self) -> DataLoader:
         ds = self._dataset("train")
-        sampler = EpochSampler(ds.groups(), self.batch_size, self.seed)
+        sampler: Sampler = EpochSampler(ds.groups(), self.batch_size, self.seed)
+        resume, self._resume = self._resume, None  # once: a reloaded loader starts its epochs whole
+        if resume:
+            # Set the epoch now: with workers, the first iterator is made (and prefetches) before Lightning's
+            # set_epoch. Under DDP Lightning re-permutes the order anyway, so there is nothing to skip.
+            world = getattr(self.trainer, "world_size", 1)
+            sampler = _Resumed(sampler, resume["train_epoch"], resume["train_batches_done"] * self.batch_size
+                               if world == 1 else 0)
+            if world == 1:  # Lightning cannot see that this loader resumes mid-epoch (it is, through the sampler)
+                warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=len(ds) > self.batch_size,
                           **self._loader_kwargs())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands: the epoch to continue and the batches of it already trained (Lightning's
+        own count, which its loops resume from). Saved in every checkpoint of a fit."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit" or not trainer.num_training_batches:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:  # an epoch-end checkpoint: the next epoch starts whole
+            return {"train_epoch": trainer.current_epoch + 1, "train_batches_done": 0}
+        return {"train_epoch": trainer.current_epoch, "train_batches_done": int(done)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = dict(state_dict) if state_dict.get("train_epoch") is not None else None
 
     def _eval_loader(self, name: str) -> DataLoader:
         return DataLoader(self._dataset(name), batch_size=self.eval_batch_size, shuffle=False, drop_last=False,

@@ -22,6 +22,7 @@ import io
 import logging
 from pathlib import Path
 
+from coattn.errors import DataError, DataNotFoundError
 from data_modules.base import AudioCaptionDataModule
 from data_modules.layouts import Layout, clotho_layout
 from data_modules.splits import SplitSource, read_csv_rows, stable_fraction
@@ -99,7 +100,7 @@ class ClothoDataModule(AudioCaptionDataModule):
     def _rows(self, name: str) -> list[tuple[str, list[str], int]]:
         path = self.csvs[name]
         if not path.is_file():
-            raise FileNotFoundError(f"Clotho {name} caption file {path} not found; set root or {name}_csv "
+            raise DataNotFoundError(f"Clotho {name} caption file {path} not found; set root or {name}_csv "
                                     f"(expected layout: {self.root}/clotho_captions_<split>.csv)")
         return read_clotho_csv(path)
 
@@ -109,9 +110,14 @@ class ClothoDataModule(AudioCaptionDataModule):
             # The val_size clips with the smallest name hash: deterministic, independent of row order.
             names = sorted({r[0] for r in rows}, key=stable_fraction)
             val_names = set(names[:self.val_size])
+            if len(names) <= self.val_size:  # the carve would leave nothing to train on
+                raise DataError(f"no validation caption file {self.csvs['val']}: read as the Clotho v1 layout, "
+                                f"validation would be val_size={self.val_size} clips carved out of the {len(names)} "
+                                f"of {self.csvs['train']}, leaving none for training. Provide that file (or set "
+                                "data.init_args.val_csv), or lower data.init_args.val_size")
             if name == "val":
-                log.info("Clotho v1 layout (no %s): validation = %d clips carved from development",
-                         self.csvs["val"], len(val_names))
+                log.warning("no validation caption file %s: Clotho v1 layout, validation = %d clips carved from %s",
+                            self.csvs["val"], len(val_names), self.csvs["train"])
             keep = [r for r in rows if (r[0] in val_names) == (name == "val")]
             return SplitSource(name, self.audio_dirs["train"], self.csvs["train"], keep, self._keys("train"))
         return SplitSource(name, self.audio_dirs[name], self.csvs[name], self._rows(name), self._keys(name))

@@ -16,14 +16,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from coattn.errors import DataError
+
 log = logging.getLogger("coattn.data")
+
+
+def _raise_if_run_on(path: Path, lines: list[str], first: int, last: int, n_columns: int) -> None:
+    """A row spanning physical lines ``first..last`` that swallowed a line which is a whole row by itself.
+
+    That is what an unterminated quote does: the csv module keeps reading the quoted field across
+    newlines until the next quote character, so the following rows vanish into one caption. A
+    legitimate multi-line caption does not hold a line of ``n_columns`` comma-separated fields.
+    """
+    for k in range(first + 1, last + 1):
+        fields = next(csv.reader([lines[k - 1]]), [])
+        if len(fields) >= n_columns and fields[0].strip():
+            swallowed = lines[k - 1].rstrip()[:60]
+            raise DataError(f"{path}: the row starting at line {first} runs on to line {last}: an unterminated quote "
+                            f"(\") in it swallows line {k} ({swallowed!r}), which is a row of its own. Close the quote "
+                            "(or double a quote inside a quoted caption: \"\")")
 
 
 def read_csv_rows(path: str | Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
     """All rows of a UTF-8 CSV as (line number, row) with the ``required`` columns present.
 
-    Raises ValueError naming the file and row for a bad encoding, a missing column or a short row,
-    so a broken download is fixed at once instead of surfacing as a KeyError mid-epoch.
+    Raises ``DataError`` naming the file and row for a bad encoding, a missing column, a short row,
+    a field over the csv module's limit, or a row that swallowed the following ones (an unterminated
+    quote), so a broken file is fixed at once instead of surfacing as a KeyError mid-epoch or a
+    clip silently missing from the split.
     """
     path = Path(path)
     raw = path.read_bytes()
@@ -31,42 +51,68 @@ def read_csv_rows(path: str | Path, required: Sequence[str]) -> list[tuple[int, 
         text = raw.decode("utf-8-sig")  # -sig: tolerate the BOM spreadsheet exports add
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
-        raise ValueError(f"{path}: row {line} is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                         f"re-export the file as UTF-8") from None
+        raise DataError(f"{path}: row {line} is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                        f"re-export the file as UTF-8") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = reader.fieldnames or []
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise ValueError(f"{path}: row 1 (header) lacks column(s) {missing}; found {header}")
+    lines = io.StringIO(text, newline="").readlines()  # the physical lines csv counts in line_num
     rows = []
-    for row in reader:
-        # line_num counts physical lines, so quoted newlines inside captions still point right.
-        if any(row.get(c) is None for c in required):
-            raise ValueError(f"{path}: row ending at line {reader.line_num} has fewer fields than the header "
-                             f"(missing {[c for c in required if row.get(c) is None]})")
-        rows.append((reader.line_num, row))
+    end = 0
+    try:
+        header = reader.fieldnames or []
+        end = reader.line_num
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DataError(f"{path}: row 1 (header) lacks column(s) {missing}; found {header}")
+        for row in reader:
+            # line_num counts physical lines, so quoted newlines inside captions still point right.
+            start, end = end + 1, reader.line_num
+            if end > start:
+                _raise_if_run_on(path, lines, start, end, len(header))
+            if any(row.get(c) is None for c in required):
+                raise DataError(f"{path}: row ending at line {end} has fewer fields than the header "
+                                f"(missing {[c for c in required if row.get(c) is None]})")
+            rows.append((end, row))
+    except csv.Error as exc:  # e.g. a field over csv.field_size_limit() (131,072 characters)
+        raise DataError(f"{path}: row starting at line {end + 1}: {exc}. A field that long is almost always an "
+                        "unterminated quote (\") that swallowed the rest of the file; fix that row") from None
     return rows
 
 
 class UnsafePathError(ValueError):
-    """A file name in a caption file that would read outside the audio folder."""
+    """A file name in a caption file that would read outside the audio folder; ``rule`` says which rule
+    refused it: ``empty``, ``absolute``, ``dotdot`` or ``symlink`` (a link to a file outside the folder)."""
+
+    def __init__(self, message: str, rule: str):
+        super().__init__(message)
+        self.rule = rule
 
 
-def resolve_in_root(root: str | Path, name: str, root_resolved: Path | None = None) -> Path:
+RULES = {"empty": "empty or NUL-containing names", "absolute": "absolute names", "dotdot": "names with '..'",
+         "symlink": "symlinks to files outside the audio folder"}
+
+
+def resolve_in_root(root: str | Path, name: str, root_resolved: Path | None = None,
+                    follow_symlinks: bool = False) -> Path:
     """``root/name``, refusing names that escape ``root``: absolute, ``..``, or a symlink out.
 
     ``root_resolved`` (``Path(root).resolve()``) saves one resolve per file on 50k-clip splits.
+    ``follow_symlinks``: accept symlinks whose target lies outside ``root`` (a dataset made of
+    per-file links into a shared pool); the name itself must still be relative and free of ``..``.
+    A folder that is itself a link (``root`` or a sub-folder pointing elsewhere) is resolved first,
+    so linked folders work either way.
     """
     if not name or "\x00" in name:
-        raise UnsafePathError(f"empty or NUL-containing file name {name!r}")
+        raise UnsafePathError(f"empty or NUL-containing file name {name!r}", "empty")
     if os.path.isabs(name) or Path(name).drive:
-        raise UnsafePathError(f"absolute file name {name!r} (must be relative to {root})")
+        raise UnsafePathError(f"absolute file name {name!r} (must be relative to {root})", "absolute")
     if ".." in Path(name).parts:
-        raise UnsafePathError(f"file name {name!r} contains '..'")
+        raise UnsafePathError(f"file name {name!r} contains '..'", "dotdot")
     path = Path(root) / name
+    if follow_symlinks:
+        return path
     target = path.resolve()  # follows symlinks in the file and in any sub-folder of root
     if not target.is_relative_to(root_resolved or Path(root).resolve()):
-        raise UnsafePathError(f"file {name!r} is a symlink to {target}, outside {root}")
+        raise UnsafePathError(f"file {name!r} is a symlink to {target}, outside {root}", "symlink")
     return path
 
 
@@ -121,19 +167,21 @@ class Split:
     rejected: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
     keys: dict[str, str] = field(default_factory=dict)  # fname -> identity key (SplitSource.keys)
+    why_rejected: dict[str, UnsafePathError] = field(default_factory=dict)  # file name -> the refusal
 
     def __len__(self) -> int:
         return len(self.fnames)
 
 
 def make_split(source: SplitSource, exclude: set[str] | frozenset[str] = frozenset(),
-               exclude_keys: set[str] | frozenset[str] = frozenset()) -> Split:
+               exclude_keys: set[str] | frozenset[str] = frozenset(), follow_symlinks: bool = False) -> Split:
     """Keep the clips whose audio exists, is safe and is not excluded; the rest is listed, never fatal.
 
     Empty captions are dropped; a clip left without captions is dropped too. A row repeated
     verbatim (same file, same captions) is read once. Both are counted in one warning.
     ``exclude`` holds file names (e.g. the unreadable clips ``coattn data-check`` found) to leave out up front;
     ``exclude_keys`` identity keys (``source.keys``: WavCaps blacklists, evaluation overlap), also listed as excluded.
+    ``follow_symlinks``: see ``resolve_in_root``.
     """
     audio_dir = source.audio_dir
     order: list[str] = []
@@ -161,10 +209,10 @@ def make_split(source: SplitSource, exclude: set[str] | frozenset[str] = frozens
     root_resolved = audio_dir.resolve()
     for fname in order:
         try:
-            path = resolve_in_root(audio_dir, fname, root_resolved)
+            path = resolve_in_root(audio_dir, fname, root_resolved, follow_symlinks)
         except UnsafePathError as exc:
             split.rejected.append(fname)
-            log.error("%s split: rejected a row of %s: %s", source.name, source.csv, exc)
+            split.why_rejected[fname] = exc
             continue
         if fname in exclude or keys.get(fname) in exclude_keys:
             split.excluded.append(fname)
@@ -177,6 +225,20 @@ def make_split(source: SplitSource, exclude: set[str] | frozenset[str] = frozens
             if fname in keys:
                 split.keys[fname] = keys[fname]
     return split
+
+
+def describe_rejections(why: dict[str, UnsafePathError]) -> str:
+    """The rejected names grouped by the rule that refused them, with an example each and, for
+    symlinks, the option that accepts them: ``3 symlinks to files outside the audio folder (e.g. ...)``."""
+    by_rule: dict[str, list[UnsafePathError]] = {}
+    for exc in why.values():
+        by_rule.setdefault(exc.rule, []).append(exc)
+    parts = []
+    for rule, excs in by_rule.items():
+        hint = ("; if you trust these links, set data.init_args.follow_symlinks=true (names must still be relative, "
+                "without '..')") if rule == "symlink" else ""
+        parts.append(f"{len(excs)} {RULES[rule]} (e.g. {excs[0]}){hint}")
+    return "; ".join(parts)
 
 
 def stable_fraction(name: str) -> float:

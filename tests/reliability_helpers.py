@@ -78,10 +78,12 @@ class ParkAt(Callback):
             raise SystemExit(3)
 
 
-def run_until_marker(args: list[str], cwd: Path, marker: Path, timeout: float = 300.0) -> subprocess.Popen:
+def run_until_marker(args: list[str], cwd: Path, marker: Path, timeout: float = 300.0,
+                     **popen: object) -> subprocess.Popen:
     """Start ``coattn <args>`` and return once ``marker`` exists (the process still running)."""
     log = open(cwd / "killed_run.log", "w")
-    proc = subprocess.Popen([*coattn_cmd(), *args], cwd=cwd, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([*coattn_cmd(), *args], cwd=cwd, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
+                            **popen)
     deadline = time.time() + timeout
     while not marker.exists():
         if proc.poll() is not None:
@@ -94,6 +96,21 @@ def run_until_marker(args: list[str], cwd: Path, marker: Path, timeout: float = 
         time.sleep(0.2)
     log.close()
     return proc
+
+
+class WaitForSigterm(Callback):
+    """Test helper: after batch ``batch`` of epoch ``epoch`` write ``marker`` and wait until the process
+    receives SIGTERM (Lightning's ``trainer.received_sigterm``), then let the loop go on."""
+
+    def __init__(self, marker: str, epoch: int = 1, batch: int = 0, max_wait_s: float = 300.0):
+        self.marker, self.epoch, self.batch, self.max_wait_s = marker, epoch, batch, max_wait_s
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            Path(self.marker).write_text(f"epoch {trainer.current_epoch} batch {batch_idx}\n")
+            deadline = time.time() + self.max_wait_s  # never hang forever if nobody signals us
+            while not trainer.received_sigterm and time.time() < deadline:
+                time.sleep(0.05)
 
 
 class PoisonBatch(Callback):

@@ -71,6 +71,8 @@ def test_report_finds_every_planted_fault(faulty, tmp_path, capsys):
         "duplicate_rows": ["development_00002.wav"],
         "empty_captions": ["development_00002.wav"],
         "unlisted_audio": ["unlisted.wav"],
+        # the 12 planted rows share the captions one..five: one finding per caption, at its first clip
+        "shared_captions": ["../validation/validation_00000.wav"] * 5,
     }
     assert dev["problems"]["empty_captions"][0]["line"] == 18
     assert dev["stats"]["sample_rates"] == {"8000": 1, "44100": 10}

@@ -9,9 +9,12 @@ data-module option), then opens every listed clip. Prints one table (problems x 
 writes a JSON report with every finding (file, csv line, detail) plus ``<report>.exclude.txt``:
 the clips training cannot use, ready for ``data.init_args.exclude_file``.
 
-Severity: *error* = the clip cannot be used (unsafe name, unreadable, zero-length, NaN/Inf);
-*warning* = suspicious but usable or already skipped (missing, silent, unusual rate/channels,
-very short, duplicate rows, empty captions); *info* = audio files no caption file lists.
+Severity: *error* = the clip or the split cannot be used (unsafe name, unreadable, zero-length,
+NaN/Inf, a caption file without rows); *warning* = suspicious but usable or already skipped
+(missing, not a file, a name that matches a file only up to case / Unicode form / spaces, silent,
+out of range, unusual rate/channels, very short, duplicate rows, empty captions, one caption on
+several clips); *info* = audio files no caption file lists. A caption file that cannot be read
+(bad encoding, missing column, an unterminated quote swallowing rows) is reported for its split.
 Exit status 1 when there are errors (or warnings with ``--strict``), else 0.
 """
 from __future__ import annotations
@@ -22,19 +25,22 @@ import os
 import statistics
 import sys
 import time
+import unicodedata
 from collections import Counter
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
+from coattn.audio import AUDIO_EXTENSIONS
+
 SEVERITY = {
-    "unsafe_name": "error", "unreadable": "error", "zero_length": "error", "nan_inf": "error",
-    "missing": "warning", "silent": "warning", "unusual_sample_rate": "warning", "unusual_channels": "warning",
-    "very_short": "warning", "duplicate_rows": "warning", "empty_captions": "warning",
+    "no_rows": "error", "unsafe_name": "error", "unreadable": "error", "zero_length": "error", "nan_inf": "error",
+    "missing": "warning", "not_a_file": "warning", "name_mismatch": "warning", "silent": "warning",
+    "out_of_range": "warning", "unusual_sample_rate": "warning", "unusual_channels": "warning",
+    "very_short": "warning", "duplicate_rows": "warning", "empty_captions": "warning", "shared_captions": "warning",
     "unlisted_audio": "info",
 }
-AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg"}
 EXCLUDE_KINDS = ("unreadable", "zero_length", "nan_inf")  # unsafe names are refused by the loaders anyway
 
 
@@ -54,7 +60,35 @@ def probe(path: str, silence_dbfs: float = -60.0) -> dict:
         peak = float(np.abs(np.where(finite, data, 0.0)).max())
         out["peak_dbfs"] = round(20 * np.log10(peak), 1) if peak > 0 else float("-inf")
         out["silent"] = peak == 0 or out["peak_dbfs"] < silence_dbfs
+        out["peak"] = peak
     return out
+
+
+def _what_is(path: Path) -> str | None:
+    """What stands at ``path`` when it is not a regular file (None: nothing, i.e. missing)."""
+    if path.is_symlink() and not path.exists():
+        return f"a broken symlink (to {os.readlink(path)})"
+    if path.is_dir():
+        return "a directory, not an audio file"
+    if path.exists():
+        return "not a regular file (a device, socket or pipe)"
+    return None
+
+
+def _loose(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold().strip()
+
+
+def _near_miss(name: str, on_disk: str) -> str:
+    """How ``name`` (from a caption file) differs from ``on_disk`` when they match loosely."""
+    if unicodedata.normalize("NFC", name) == unicodedata.normalize("NFC", on_disk):
+        form = "NFD" if unicodedata.is_normalized("NFD", on_disk) else "another form"
+        return f"differs only by Unicode normalisation (on disk: {form}): {on_disk!r}"
+    if name.strip() == on_disk.strip():
+        return f"differs only by leading/trailing spaces: {on_disk!r}"
+    if name.casefold() == on_disk.casefold():
+        return f"differs only by case: {on_disk!r}"
+    return f"differs only by case, spaces or Unicode form: {on_disk!r}"
 
 
 def _probe_star(args):
@@ -74,6 +108,19 @@ def check_split(dm, name: str, rates: set[int], max_channels: int, silence_dbfs:
     reported: set[str] = set()
     to_probe: dict[str, int] = {}  # path -> first csv line
     root_resolved = source.audio_dir.resolve()
+    if not source.rows:
+        problems["no_rows"].append({"file": str(source.csv), "line": 1,
+                                    "detail": "the caption file has a header but no rows: this split is empty"})
+    clips_of: dict[str, set[str]] = {}
+    for fname, captions, line in source.rows:
+        for c in captions:
+            if c.strip():
+                clips_of.setdefault(c.strip(), set()).add(fname)
+    for caption, clips in clips_of.items():  # a false negative for the contrastive loss, every epoch
+        if len(clips) > 1:
+            problems["shared_captions"].append({"file": sorted(clips)[0], "detail": f"{caption[:80]!r} describes "
+                                                f"{len(clips)} clips (e.g. {sorted(clips)[:3]})"})
+    loose: dict[str, dict[str, str]] = {}  # folder -> loose name -> name on disk
     for fname, captions, line in source.rows:
         key = (fname, tuple(captions))
         if (row_counts[key] > 1 or (one_row_per_clip and file_rows[fname] > 1)) and fname not in seen_dup:
@@ -92,7 +139,20 @@ def check_split(dm, name: str, rates: set[int], max_channels: int, silence_dbfs:
             continue
         if not path.is_file():
             reported.add(fname)
-            problems["missing"].append({"file": fname, "line": line})
+            what = _what_is(path)
+            folder = path.parent
+            if what is None and folder.is_dir():
+                if str(folder) not in loose:
+                    loose[str(folder)] = {_loose(e.name): e.name for e in os.scandir(folder)}
+                match = loose[str(folder)].get(_loose(path.name))
+                if match is not None:
+                    problems["name_mismatch"].append({"file": fname, "line": line, "detail": _near_miss(path.name,
+                                                                                                        match)})
+                    continue
+            if what is None:
+                problems["missing"].append({"file": fname, "line": line})
+            else:
+                problems["not_a_file"].append({"file": fname, "line": line, "detail": what})
             continue
         to_probe.setdefault(str(path), line)
     # unlisted audio: in the folder, in no row (a wrong template or a stale copy)
@@ -126,6 +186,9 @@ def check_split(dm, name: str, rates: set[int], max_channels: int, silence_dbfs:
             problems["nan_inf"].append({**where, "detail": f"{r['non_finite']} NaN/Inf samples"})
         elif r["silent"]:
             problems["silent"].append({**where, "detail": f"peak {r['peak_dbfs']} dBFS"})
+        elif r["peak"] > 1.0:  # float files can hold any value; the encoders expect [-1, 1]
+            problems["out_of_range"].append({**where, "detail": f"peak {r['peak']:.3g} (full scale is 1.0): "
+                                             "clipping, or samples stored on the wrong scale"})
         if rates and r["sample_rate"] not in rates:
             problems["unusual_sample_rate"].append({**where, "detail": f"{r['sample_rate']} Hz"})
         if r["channels"] > max_channels:
@@ -211,9 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n}: {report['splits'][n]['fatal']}")
     errors = sum(sum(r) for k, r in counts.items() if SEVERITY[k] == "error")
     warnings = sum(sum(r) for k, r in counts.items() if SEVERITY[k] == "warning")
-    fatal = any("fatal" in s for s in report["splits"].values())
+    errors += sum("fatal" in s for s in report["splits"].values())  # an unreadable caption file: one error
     print(f"{errors} errors, {warnings} warnings; report {out}; {len(exclude)} clips to exclude in {excl}")
-    return 1 if errors or fatal or (a.strict and warnings) else 0
+    return 1 if errors or (a.strict and warnings) else 0
 
 
 if __name__ == "__main__":

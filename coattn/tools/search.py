@@ -12,8 +12,9 @@
    (mono, resampled to the encoder's rate, the first ``clip_seconds`` kept, shorter clips
    repeat-padded: ``coattn.audio``) and encoded into a ``coattn.store.FeatureStore`` (the feature
    cache's store). A later search encodes only files that were added or changed (size or
-   modification time) and drops removed ones; unreadable files are remembered and counted.
-3. The query is encoded and scored by the ``Retriever``: the dual encoder shortlists the
+   modification time) and drops removed ones; unreadable files are remembered and counted, other
+   files are counted by extension (``not_audio``) and reported.
+3. The query (never empty) is encoded and scored by the ``Retriever``: the dual encoder shortlists the
    ``--rerank-k`` best clips, the co-attention cascade re-scores them (``--mode rerank``, the
    default; K is raised to ``--top-k`` when smaller), or the cascade scores every clip
    (``--mode exact``). Clips are printed best first with their scores (cosines, in [-1, 1]).
@@ -23,7 +24,8 @@ outside the audio folder so read-only folders work) holds ``<sha1 of the folder'
 key>/``, where the key covers the audio encoder's identity and weights, sample rate, input length
 and crop: two checkpoints with the same audio encoder share an index. Builds run under an
 exclusive lock (``.lock``); every file is written atomically, and a damaged one (a truncated copy,
-a full disk) is reported and rebuilt (``FeatureStore``).
+a full disk, a keys file or ``meta.json`` holding ``[]`` or binary bytes) is reported in one warning
+naming it and rebuilt (``FeatureStore``).
 """
 from __future__ import annotations
 
@@ -35,18 +37,19 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from coattn.audio import AUDIO_EXTENSIONS
 from coattn.features import SequenceFeatures
 from coattn.store import FeatureStore, encoder_key, file_key, sha1_of
 
 log = logging.getLogger("coattn.search")
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")  # what coattn.audio reads (libsndfile)
 
 
 def default_index_root(audio_dir: Path) -> Path:
@@ -54,13 +57,17 @@ def default_index_root(audio_dir: Path) -> Path:
     return base / hashlib.sha1(str(audio_dir.resolve()).encode()).hexdigest()[:16]
 
 
-def scan_audio(audio_dir: Path) -> list[str]:
-    """Paths (relative to ``audio_dir``) of every audio file below it, sorted."""
+def scan_audio(audio_dir: Path, skipped: Counter | None = None) -> list[str]:
+    """Paths (relative to ``audio_dir``) of every audio file below it, sorted; ``skipped`` counts the
+    other (not hidden) files by extension."""
     out = []
     for root, dirs, files in os.walk(audio_dir, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out += [(Path(root) / n).relative_to(audio_dir).as_posix() for n in files
-                if not n.startswith(".") and n.lower().endswith(AUDIO_EXTENSIONS)]
+        for n in files:
+            if n.lower().endswith(AUDIO_EXTENSIONS) and not n.startswith("."):
+                out.append((Path(root) / n).relative_to(audio_dir).as_posix())
+            elif skipped is not None and not n.startswith("."):
+                skipped[os.path.splitext(n)[1].lower() or "(no extension)"] += 1
     return sorted(out)
 
 
@@ -151,7 +158,8 @@ def build_index(model, audio_dir: str | os.PathLike, index_dir: str | os.PathLik
     folder = root / sha1_of({k: v for k, v in meta.items() if k != "audio_dir"})[:16]
     with _locked(folder):
         store = FeatureStore(folder, meta)
-        rels = scan_audio(audio_dir)
+        other: Counter = Counter()
+        rels = scan_audio(audio_dir, other)
         keys = {}
         for rel in rels:
             try:
@@ -165,11 +173,13 @@ def build_index(model, audio_dir: str | os.PathLike, index_dir: str | os.PathLik
         feats, valid = store.get([keys[r] for r in keys]) if keys else (None, torch.zeros(0, dtype=torch.bool))
     files = [r for r, ok in zip(keys, valid.tolist()) if ok]
     stats = {"files": len(rels), "reused": len(keys) - len(todo), "encoded": len(todo), "removed": removed,
-             "unreadable": int((~valid).sum()), "healed": len(store.healed)}
+             "unreadable": int((~valid).sum()), "healed": len(store.healed), "not_audio": dict(other)}
     if not files:
         raise ValueError(f"no readable audio files ({', '.join(AUDIO_EXTENSIONS)}) below {audio_dir}")
-    log.info("index %s: %d clips (%d encoded, %d reused, %d removed, %d unreadable)", folder, len(files),
-             stats["encoded"], stats["reused"], stats["removed"], stats["unreadable"])
+    log.info("index %s: %d clips (%d encoded, %d reused, %d removed, %d unreadable)%s", folder, len(files),
+             stats["encoded"], stats["reused"], stats["removed"], stats["unreadable"],
+             f"; {sum(other.values())} other files not indexed (only {', '.join(AUDIO_EXTENSIONS)}): "
+             + ", ".join(f"{n} {ext}" for ext, n in other.most_common()) if other else "")
     return Index(folder, files, feats.index(valid.nonzero().squeeze(1)), stats)
 
 
@@ -210,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.top_k < 1 or args.rerank_k < 1:
         p.error("--top-k and --rerank-k must be >= 1")
+    empty = [i + 1 for i, q in enumerate(args.query) if not q.strip()]
+    if empty:  # an empty query still ranks every clip, by nothing: refuse it
+        p.error(f"query {empty[0]} of {len(args.query)} is empty; quote one sentence per query, "
+                "e.g. coattn search \"a dog barks\" ...")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)

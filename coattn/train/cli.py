@@ -9,23 +9,33 @@ What it adds to LightningCLI, in the order it happens:
    (coattn/train/legacy.py); the run folder moves where ``COATTN_RUN_DIR`` or a W&B sweep agent asks
    (coattn/train/runs.py); then ``--ckpt_path`` is checked and resolved *after* that move
    (``last`` = the newest ``last*.ckpt`` of the run's ModelCheckpoint folder). A missing, truncated,
-   unsafe or foreign file is a one-line error before anything is built. ``--model DIR`` (validate,
-   test, predict), where DIR is a folder of ``coattn export`` / ``save_pretrained``, is the other
-   source of a model: the folder's architecture is put in the config (at the place of ``--model``,
-   so no ``--config`` is needed for it) and, after the classes are built, its weights and tokenizer
-   are loaded (coattn/hub.py). ``--model FILE.yaml`` keeps LightningCLI's meaning (a config of the
-   model group): only a folder is an exported model.
-2. **Who wins with a checkpoint** (or an exported folder): it restores the *architecture* (the ``model``
-   keys that are ``CoAttnModel``'s arguments: encoders, cascade, heads), so it always matches the weights;
+   unsafe or foreign file is a one-line error before anything is built. ``best`` in a new process is
+   the best checkpoint the run recorded; ``last`` / ``best`` that find nothing are errors for
+   validate / test / predict (a fit with ``last`` and nothing to resume starts from scratch).
+   ``--model DIR`` (validate, test, predict), where DIR is a folder of ``coattn export`` /
+   ``save_pretrained``, is the other source of a model: the folder's architecture is put in the
+   config (at the place of ``--model``, so no ``--config`` is needed for it) and, after the classes
+   are built, its weights and tokenizer are loaded (coattn/hub.py). ``--model FILE.yaml`` keeps
+   LightningCLI's meaning (a config of the model group): only a folder is an exported model.
+2. **Start-up checks** (``before_instantiate_classes``, coattn/train/startup.py): a fit that would
+   train nothing, an evaluation without ``--ckpt_path`` or ``--model DIR`` (unless ``--untrained
+   true``), an output folder that cannot be written: one line each. A fit takes the run folder's
+   lock (one fit per folder, the holder named) and refuses a fresh start over another run's
+   checkpoints. An error raised while a configured class is built is one line naming its key.
+3. **Who wins with a checkpoint** (or an exported folder): it restores the *architecture* (the
+   ``model`` keys that are ``CoAttnModel``'s arguments: encoders, cascade, heads), so it always
+   matches the weights;
    every override is printed. Everything else (``model.evaluation``, ``loss``, ``optim``,
    ``feature_cache``, ``data``, ``trainer``) is the command's: a structural rule, not a key list.
    A checkpoint whose weights do not fit the model the config builds is an error listing them.
-3. **W&B**: a checkpoint's ``wandb_run_id`` is continued; live loggers get absolute folders.
-4. **Trainer** (``instantiate_trainer``): checkpoints through ``SafeCheckpointIO`` (atomic, finite,
+4. **W&B**: a checkpoint's ``wandb_run_id`` is continued; live loggers get absolute folders.
+5. **Trainer** (``instantiate_trainer``): checkpoints through ``SafeCheckpointIO`` (atomic, finite,
    weights-only), and default callbacks unless the config has one of the same class:
    ``NonFiniteGuard`` (stop on NaN/Inf, naming the loss term), ``RngState`` (RNG states in
-   checkpoints), ``KeepLastCheckpoint`` (keeps ``last.ckpt`` current: Lightning 2.6.6 refreshes it
-   only when the monitored metric made the top k).
+   checkpoints), ``ResumeCheck`` (says what a resume with other epoch settings changes, and when a
+   fit trained nothing), ``StopOnSigterm`` (SIGTERM: save ``last.ckpt`` mid-epoch, exit 143),
+   ``KeepLastCheckpoint`` (keeps ``last.ckpt`` current: Lightning 2.6.6 refreshes it only when the
+   monitored metric made the top k).
 
 ``parse_only(args)`` parses without instantiating anything (``coattn sweep`` checks every grid point
 with it). Only public LightningCLI hooks are used, but one: see ``_parse_ckpt_path``.
@@ -39,18 +49,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from coattn import hub
 from coattn.errors import CheckpointError, ConfigError, UserFacingError
 from coattn.io import load_checkpoint
 from coattn.model import CoAttnModel
-from coattn.train import legacy, runs
+from coattn.train import legacy, runs, startup
 from coattn.train.checkpoints import SafeCheckpointIO, checkpoint_dirs, find_last_checkpoint
 
 ARCHITECTURE = frozenset(p for p in inspect.signature(CoAttnModel).parameters)  # what a checkpoint restores
 SPECIAL_CKPT = ("best", "hpc")
+EXIT_SIGTERM = 128 + 15  # what a shell reports for a process ended by SIGTERM: `fit && test` stops there
 
 
 class _ParsedOnly(Exception):
@@ -106,6 +120,12 @@ class CoAttnCLI(LightningCLI):
         return sub, (self.config[sub] if sub else self.config)
 
     # ---- 1. parse -----------------------------------------------------------------------------
+    @override
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--untrained", type=bool, default=False,
+                            help="validate/test/predict without --ckpt_path: evaluate the model exactly as the "
+                                 "config builds it (pretrained encoders, untrained heads: e.g. CLAP zero-shot)")
+
     @override
     def parse_arguments(self, parser, args) -> None:
         if args is None:  # only pass argv explicitly when it changes (Lightning warns about explicit args)
@@ -165,6 +185,9 @@ class CoAttnCLI(LightningCLI):
             dirs = checkpoint_dirs(cfg.get("trainer"))
             found = find_last_checkpoint(dirs)
             if found is None:
+                if dirs and sub != "fit":
+                    raise CheckpointError(f"--ckpt_path last: no last*.ckpt in {', '.join(dirs)}: nothing to "
+                                          f"{sub}; train first (`coattn fit`), or pass the checkpoint file")
                 if dirs:  # Lightning's behaviour ("set and forget"): start from scratch, loudly
                     print(f"coattn: --ckpt_path last: no last*.ckpt in {', '.join(dirs)}; starting from scratch",
                           file=sys.stderr)
@@ -172,6 +195,9 @@ class CoAttnCLI(LightningCLI):
                 return  # no dirpath configured: Lightning resolves 'last' itself
             print(f"coattn: --ckpt_path last -> {found}", file=sys.stderr)
             cfg["ckpt_path"] = ckpt = found
+        elif ckpt == "best" and sub != "fit":  # a new process: Lightning knows no best model, the run does
+            cfg["ckpt_path"] = ckpt = startup.best_checkpoint(cfg.get("trainer"))
+            print(f"coattn: --ckpt_path best -> {ckpt}", file=sys.stderr)
         elif ckpt in SPECIAL_CKPT or "://" in ckpt:
             return  # Lightning resolves these itself
         checkpoint = load_checkpoint(ckpt, mmap=True)
@@ -222,11 +248,48 @@ class CoAttnCLI(LightningCLI):
         if self._parse_only:
             raise _ParsedOnly(self)
         sub, cfg = self._section()
+        if sub == "fit":
+            startup.nothing_to_train(cfg.get("trainer"))
+        startup.needs_checkpoint(sub, cfg.get("ckpt_path"), bool(cfg.get("untrained")) or self._exported is not None)
+        if sub in ("fit", *startup.EVAL_STAGES):
+            startup.check_output_folders(sub, cfg)
+        if sub == "fit" and rank_zero_only.rank == 0:  # DDP ranks > 0 re-run this command: rank 0 owns the folder
+            self._claim_run_folder(cfg)
         ckpt = cfg.get("ckpt_path") if sub in ("fit", "validate", "test") else None
         if ckpt and os.path.isfile(str(ckpt)) and runs.wandb_logger_specs(cfg):
             run_id = runs.read_wandb_run_id(ckpt)
             if run_id and runs.set_wandb_resume(cfg, run_id):
                 print(f"W&B: continuing run {run_id} (from {ckpt})", file=sys.stderr)
+
+    def _claim_run_folder(self, cfg) -> None:
+        """One fit per run folder (a lock), and a fresh start never overwrites another run's checkpoints."""
+        trainer = cfg.get("trainer")
+        if trainer is None or trainer.get("fast_dev_run"):  # fast_dev_run writes no checkpoint
+            return
+        root = str(trainer.get("default_root_dir") or os.getcwd())
+        dirs = checkpoint_dirs(trainer) if trainer.get("enable_checkpointing") is not False else []
+        real = os.path.realpath(root)
+        outside = [d for d in map(os.path.realpath, dirs) if not d.startswith(real + os.sep)]
+        for folder in dict.fromkeys([real, *outside]):  # the run folder, and checkpoint folders outside it
+            runs.lock_run_folder(folder)
+        ckpt = cfg.get("ckpt_path")
+        hpc = [f for f in os.listdir(root) if f.startswith("hpc_ckpt_")] if os.path.isdir(root) else []
+        if ckpt is None and hpc:  # Lightning's SLURM convention: a requeued job resumes from hpc_ckpt_<n>.ckpt
+            print(f"coattn: {root} holds {max(hpc)}: Lightning resumes from it (SLURM requeue)", file=sys.stderr)
+            return
+        runs.refuse_overwrite(dirs, None if ckpt is None else str(ckpt))
+
+    @override
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, RuntimeError, OSError, UserFacingError, MisconfigurationException) as exc:
+            from coattn.train.module import CoAttnRetrieval
+
+            named = startup.name_the_key(exc, self._section()[1], CoAttnRetrieval)
+            if named is None:
+                raise
+            raise named from exc
 
     @override
     def after_instantiate_classes(self) -> None:
@@ -235,6 +298,9 @@ class CoAttnCLI(LightningCLI):
             folder, config = self._exported
             hub.load_weights(self.model.model, folder, config)  # strict: a mismatch is a one-line error
             self.model.exported_from = str(folder)  # recorded in metrics.json
+        sub, cfg = self._section()
+        if sub in startup.EVAL_STAGES and not cfg.get("ckpt_path") and self._exported is None:
+            startup.untrained_tokenizer(self.model)
         if self._ckpt_shapes is None or getattr(self, "model", None) is None:
             return
         own = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
@@ -262,7 +328,8 @@ class CoAttnCLI(LightningCLI):
 
         from callbacks.atomic_checkpoint import KeepLastCheckpoint
         from callbacks.numerics import NonFiniteGuard
-        from callbacks.resume_state import RngState
+        from callbacks.resume_state import ResumeCheck, RngState
+        from callbacks.signals import StopOnSigterm
 
         sub = self.subcommand
         trainer_cfg = (self.config_init[sub] if sub else self.config_init).get("trainer", {})
@@ -271,7 +338,8 @@ class CoAttnCLI(LightningCLI):
             # `--trainer.enable_progress_bar=false` on a YAML that configures a bar: drop the bar
             # instead of Lightning's MisconfigurationException.
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-        callbacks += [cls() for cls in (NonFiniteGuard, RngState) if not _has_type(callbacks, cls)]
+        callbacks += [cls() for cls in (NonFiniteGuard, RngState, ResumeCheck, StopOnSigterm)
+                      if not _has_type(callbacks, cls)]
         if (trainer_cfg.get("enable_checkpointing") is not False and not _has_type(callbacks, KeepLastCheckpoint)
                 and any(isinstance(c, ModelCheckpoint) and c.save_last for c in callbacks)):
             callbacks.append(KeepLastCheckpoint())
@@ -289,14 +357,19 @@ def build_cli(args: list[str] | None, run: bool = True) -> CoAttnCLI:
 
 def run(args: list[str] | None = None) -> int:
     """``coattn fit|validate|test|predict ...`` as an exit code: 0 when it ran; an error meant for people
-    (``UserFacingError``) prints one line ``coattn: error: ...`` and gives 1 (``COATTN_DEBUG=1``: raise it)."""
+    (``UserFacingError``, or Lightning's ``MisconfigurationException``) prints one line ``coattn: error: ...``
+    and gives 1 (``COATTN_DEBUG=1``: raise it); stopped by SIGTERM: 143 (``callbacks.signals`` said so)."""
     try:
         build_cli(args)
-    except UserFacingError as exc:  # bad checkpoint, NaN loss...: the message says it all
+    except (UserFacingError, MisconfigurationException) as exc:  # bad setting, NaN loss...: the message says it all
         if os.environ.get("COATTN_DEBUG"):
             raise
         print(f"coattn: error: {exc}", file=sys.stderr)
         return 1
+    except SIGTERMException:  # Lightning's SystemExit() would give 0: `fit && test` must not go on
+        return EXIT_SIGTERM
+    finally:
+        runs.release_run_folders()  # in-process runs (sweeps, tests) free the folder for the next one
     return 0
 
 

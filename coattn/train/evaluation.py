@@ -28,6 +28,7 @@ Files go to ``evaluation.results_dir`` or ``<default_root_dir>/results/<stage>``
 from __future__ import annotations
 
 import io
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ import torch
 
 from coattn.batch import Batch
 from coattn.distributed import gather_eval
-from coattn.errors import ConfigError
+from coattn.errors import ConfigError, OutputError
 from coattn.features import SequenceFeatures
 from coattn.io import atomic_write_bytes
 from coattn.retrieval import Retriever
@@ -159,7 +160,8 @@ def relevance_metrics(trainer, stage: str, loader: int, c: Collected,
 def write_test_results(out: Path, c: Collected, scores: torch.Tensor, metrics: dict, per_query: dict,
                        bootstrap: int, extra: dict, multi: tuple[dict, dict] = ({}, {})) -> None:
     """Print the metrics table (first: a failed write never loses it), then write the result files;
-    ``multi``: the multi-relevance (metrics, per-query vectors) of ``relevance_metrics``."""
+    ``multi``: the multi-relevance (metrics, per-query vectors) of ``relevance_metrics``. If writing
+    fails, the metrics are printed as JSON too and ``OutputError`` names the folder."""
     from coattn.metrics import bootstrap_ci, chance_metrics
     from coattn.results import format_table, write_results, write_submission_2025
 
@@ -176,8 +178,13 @@ def write_test_results(out: Path, c: Collected, scores: torch.Tensor, metrics: d
     if extra.get("retrieval_mode") == "rerank":
         print(f"retrieval: rerank, K={extra['rerank_k']}: {extra['cascade_passes']:,} cascade passes "
               f"({100 * extra['cascade_cost_fraction']:.1f} % of exact)")
-    paths = write_results(out, scores.cpu(), c.caption_clip.cpu(), c.captions, c.fnames, metrics, ci, chance, extra)
-    paths["submission_2025"] = write_submission_2025(out / "submission_dcase2025.csv", scores, c.captions, c.fnames)
+    try:
+        paths = write_results(out, scores.cpu(), c.caption_clip.cpu(), c.captions, c.fnames, metrics, ci, chance, extra)
+        paths["submission_2025"] = write_submission_2025(out / "submission_dcase2025.csv", scores, c.captions, c.fnames)
+    except OSError as exc:  # a full disk or a folder gone read-only: keep the numbers, say where it failed
+        print(json.dumps({"metrics": metrics, "ci": ci, "chance": chance}, default=float))
+        raise OutputError(f"could not write the test results to {out} ({exc.strerror or exc}); the metrics are "
+                          "printed above (table and JSON)") from exc
     print(f"results written to {out}: " + ", ".join(p.name for p in paths.values()))
 
 

@@ -131,6 +131,7 @@ class FeatureCache:
         """Entry keys of every clip of ``split`` (a ``data_modules.splits.Split``), building the missing ones."""
         from torch.utils.data import DataLoader, Subset
 
+        from data_modules.base import ignore_sigterm
         from data_modules.datasets import ClipDataset, collate
 
         comm = comm or _Comm()
@@ -146,7 +147,8 @@ class FeatureCache:
             clips = ClipDataset(split, self.sample_rate, self.clip_samples, self.crop)
             clips.reader.pad = self.pad
             ds = Subset(clips, mine)
-            loader = DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate)
+            loader = DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate,
+                                worker_init_fn=ignore_sigterm if self.num_workers > 0 else None)
             enc, dev = self.audio_encoder, self._device(self.audio_encoder)
             bar = _progress(len(mine), f"feature cache: audio ({name or split.name})", self.progress and comm.rank == 0)
 

@@ -9,17 +9,29 @@
 * **W&B resume.** ``--ckpt_path X`` whose checkpoint stores ``wandb_run_id`` (written by
   ``callbacks.WandbSaveConfigCallback``): every ``WandbLogger`` without an explicit ``id`` continues
   that run (``set_wandb_resume``).
+* **One fit per run folder, and never over another run.** ``lock_run_folder`` takes an exclusive
+  ``flock`` on ``<folder>/.coattn-fit.lock`` for the life of the fit (the kernel drops it when the
+  process dies, so a killed run leaves no stale lock) and names the holder when it is taken;
+  ``refuse_overwrite`` stops a fresh start in a folder that holds another run's checkpoints;
+  ``check_writable`` creates each output folder and writes a probe file in it, at start-up.
 """
 from __future__ import annotations
 
+import datetime
+import fcntl
+import json
 import logging
 import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
 
-from coattn.errors import CheckpointError
-from coattn.io import load_checkpoint
+from coattn.errors import CheckpointError, ConfigError, OutputError
+from coattn.io import is_partial, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +151,83 @@ def relocate_outputs(cfg, new_root: str) -> str | None:
     if evaluation is not None and evaluation.get("results_dir"):
         evaluation["results_dir"] = move(evaluation["results_dir"])
     return old_s
+
+
+# ----------------------------------------------------------------------------------------------
+# Run folders: writable, one fit at a time, never over another run
+
+LOCK_NAME = ".coattn-fit.lock"
+_held: list[int] = []  # file descriptors of the run-folder locks this process holds
+
+
+def check_writable(folder: str | os.PathLike, key: str) -> None:
+    """Create ``folder`` and write (then remove) a probe file in it; ``OutputError`` naming ``key`` if not.
+
+    A probe, not ``os.access``: root passes every permission check but still fails on a read-only
+    file system, and a file standing where a parent folder should be only shows when creating it.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".coattn-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise OutputError(f"{key}: cannot write to {os.fspath(folder)!r} ({exc.strerror or exc}); point it to a "
+                          "folder you can write (COATTN_RUN_DIR=<folder> moves every output of the config)") from None
+
+
+def lock_run_folder(folder: str | os.PathLike) -> None:
+    """Hold an exclusive lock on ``folder`` until ``release_run_folders`` (or the process ends);
+    ``ConfigError`` naming the process that holds it already."""
+    path = Path(folder) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode("utf-8", "replace")
+        os.close(fd)
+        try:
+            h = json.loads(holder)
+            who = f"pid {h['pid']} on {h['host']}, since {h['started']}: {h['command']}"
+        except (ValueError, KeyError, TypeError):
+            who = "a process that is just starting"
+        raise ConfigError(f"run folder {os.fspath(folder)!r} is in use by another `coattn fit` ({who}). Two fits "
+                          "in one folder would interleave their checkpoints: wait for it to finish, or give this run "
+                          "its own folder (COATTN_RUN_DIR=<folder> moves every output of the config there)") from None
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": started,
+            "command": " ".join(["coattn", *sys.argv[1:]])[:500]}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info).encode(), 0)
+    _held.append(fd)
+
+
+def release_run_folders() -> None:
+    """Release every run-folder lock of this process (in-process runs: sweeps, tests, notebooks)."""
+    while _held:
+        fd = _held.pop()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def checkpoints_in(dirs: list[str]) -> list[str]:
+    """The checkpoint files (``*.ckpt``, no partial writes) in ``dirs``, sorted."""
+    return sorted(os.path.join(d, f) for d in dirs if os.path.isdir(d) for f in os.listdir(d)
+                  if f.endswith(".ckpt") and not is_partial(f))
+
+
+def refuse_overwrite(dirs: list[str], start_from: str | None) -> None:
+    """A fit that does not resume the run of its checkpoint folder(s) would overwrite its checkpoints:
+    ``ConfigError`` saying how to resume or where else to go. ``start_from``: the checkpoint the
+    fit starts from (None: from scratch); one of the folder's own checkpoints is a resume."""
+    found = checkpoints_in(dirs)
+    if not found:
+        return
+    own = start_from is not None and os.path.realpath(start_from) in {os.path.realpath(f) for f in found}
+    if own:
+        return
+    names = ", ".join(os.path.basename(f) for f in found[:4]) + (", ..." if len(found) > 4 else "")
+    how = "a fresh start" if start_from is None else f"starting from {start_from!r}"
+    raise ConfigError(f"{', '.join(dirs)} already holds the checkpoints of a run ({names}) and {how} would overwrite "
+                      "them: pass --ckpt_path last to resume that run, or choose another folder "
+                      "(COATTN_RUN_DIR=<folder> moves every output of the config there)")

@@ -15,6 +15,7 @@ declare -A RUNS=(
   [demo_settings]=""
 )
 for name in laion_clap_defaults frozen_eval_mode frozen_norm_no_specaug_drop_path_lr0 demo_settings; do
+  rm -rf "${OUT:?}/$name"  # a re-run starts over (coattn refuses a fresh fit over an existing run)
   # shellcheck disable=SC2086
   COATTN_RUN_DIR="$OUT/$name" "$COATTN" fit --config experiments/demo.yaml --trainer.max_epochs=1 \
     --trainer.limit_train_batches=80 --trainer.enable_progress_bar=false --trainer.log_every_n_steps=10 \

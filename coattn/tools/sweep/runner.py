@@ -2,7 +2,8 @@
 
 Every run gets ``COATTN_RUN_DIR=<out>/runs/<run>`` (coattn/train/runs.py moves all its outputs there),
 so parallel runs never share a checkpoint, and a run whose ``results/test/metrics.json`` exists is
-read back instead of trained again: an interrupted sweep resumes. Subprocesses by default (runs in
+read back instead of trained again: an interrupted sweep resumes (a run killed mid-fit continues from
+its ``last.ckpt``). Subprocesses by default (runs in
 parallel, a crash stays in its run); ``in_process`` saves the interpreter and import start-up of
 every run, which dominates tiny runs on few cores. ``subprocess.run`` is looked up at call time so
 tests can fake it.
@@ -167,7 +168,9 @@ def execute(job: Job, group: str, metric: str, in_process: bool) -> Job:
         return job
     env = _env(job, group)
     t0 = time.time()
-    rc = _run_argv(job.fit, env, log, in_process)
+    # an interrupted run continues from its last.ckpt (a fresh start over its checkpoints is refused)
+    fit = job.fit if find_checkpoint(job.run_dir) is None else [*job.fit, "--ckpt_path=last"]
+    rc = _run_argv(fit, env, log, in_process)
     ckpt = find_checkpoint(job.run_dir) if rc == 0 else None
     if ckpt is None:
         job.status, job.error = "failed", f"fit exited {rc}" if rc else "fit wrote no checkpoint"

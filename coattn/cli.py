@@ -5,9 +5,9 @@
     coattn fit  --config experiments/demo.yaml --print_config      # the full resolved config
     coattn synth data/demo --seed 0                                 # built-in demo dataset
 
-Tools (synth, augment, data-check, prepare, search, probe, export, serve, sweep) are plain ``main(argv) -> int``
-functions under coattn/tools/, imported lazily, so ``coattn synth`` does not pay for importing
-Lightning. Errors meant for people (``coattn.errors.UserFacingError``) print one line
+Tools (synth, augment, data-check, prepare, search, probe, compare, export, serve, sweep) are plain
+``main(argv) -> int`` functions under coattn/tools/, imported lazily, so ``coattn synth`` does not pay
+for importing Lightning. Errors meant for people (``coattn.errors.UserFacingError``) print one line
 ``coattn: error: ...`` and exit 1; ``COATTN_DEBUG=1`` shows the traceback as well.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ TOOLS = {
     "prepare": "coattn.tools.prepare:main",
     "search": "coattn.tools.search:main",
     "probe": "coattn.tools.probe:main",
+    "compare": "coattn.tools.compare:main",
     "export": "coattn.tools.export:main",
     "serve": "coattn.tools.serve:main",
     "sweep": "coattn.tools.sweep:main",

@@ -221,6 +221,18 @@ def sinusoidal_positions(n: int, width: int) -> torch.Tensor:
     return table
 
 
+def relative_positions(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, L, width) sin/cos of u * omega_k, u = (position + 1/2) / real length in [0, 1], omega_k from
+    pi to 64 pi (geometric): one basis for frames and tokens; padding gets zeros."""
+    n = mask.sum(1, keepdim=True).clamp_min(1).to(torch.float32)
+    u = (torch.arange(mask.shape[1], device=mask.device, dtype=torch.float32)[None, :] + 0.5) / n
+    omega = torch.exp(torch.linspace(0.0, math.log(64.0), width // 2, device=mask.device)) * math.pi
+    angle = u[..., None] * omega
+    table = torch.zeros(*mask.shape, width, device=mask.device)
+    table[..., 0:2 * (width // 2):2], table[..., 1:2 * (width // 2):2] = angle.sin(), angle.cos()
+    return table * mask[..., None]
+
+
 @dataclass
 class ClipStage:
     """The clips of one scoring tile, ready for their pairs: frames (u, T, d) and mask (u, T).
@@ -249,17 +261,20 @@ class CoAttentionCascade(nn.Module):
         dropout: dropout in attention, feed-forward and pooling.
         pooling: ``attention`` (MCAN AttFlat) or ``mean`` (masked mean).
         share_weights: ``iterating`` only: apply one audio layer N times (and one text layer).
-        positions: temporal positions added to the audio frames at the cascade's input: ``none``,
-            ``learned`` (a (max_frames, d) table) or ``sinusoidal`` (fixed). Attention and pooling are
-            permutation invariant, so without them "A then B" and "B then A" are the same set of frames
-            to the cascade (HTS-AT's frames carry little absolute time); text tokens carry RoBERTa's own.
+        positions: temporal positions added at the cascade's input: ``none``; ``learned`` (a
+            (max_frames, d) table) or ``sinusoidal`` (fixed) on the audio frames; ``relative``: every
+            frame's place in its clip and every token's place in its caption, as a fraction in [0, 1],
+            through one shared sinusoidal basis, so that attention can align "early in the sentence"
+            with "early in the clip" (captions mostly name events in the order they happen). Attention
+            and pooling are permutation invariant: without positions "A then B" and "B then A" are the
+            same set of frames to the cascade (HTS-AT's frames carry little absolute time).
         max_frames: longest audio sequence the position table covers (HTS-AT: 32 frames per 10 s).
     """
 
     def __init__(self, kind: CascadeKind = "iterating", depth: int = 3, width: int = 512,
                  heads: int = 8, ffn_dim: int = 2048, dropout: float = 0.1,
                  pooling: Literal["attention", "mean"] = "attention", share_weights: bool = False,
-                 positions: Literal["none", "learned", "sinusoidal"] = "none", max_frames: int = 64):
+                 positions: Literal["none", "learned", "sinusoidal", "relative"] = "none", max_frames: int = 64):
         super().__init__()
         if depth < 1:
             raise ValueError(f"cascade depth must be >= 1, got {depth}")
@@ -268,8 +283,8 @@ class CoAttentionCascade(nn.Module):
         self.kind, self.width = kind, width
         self.depth = 1 if kind == "single" else depth
         self.capturing = 0  # > 0 inside capture_attention: no hoisting (per-pair maps)
-        if positions not in ("none", "learned", "sinusoidal"):
-            raise ValueError(f"positions must be 'none', 'learned' or 'sinusoidal', got {positions!r}")
+        if positions not in ("none", "learned", "sinusoidal", "relative"):
+            raise ValueError(f"positions must be 'none', 'learned', 'sinusoidal' or 'relative', got {positions!r}")
         self.positions = positions
         if kind == "none":
             return
@@ -301,6 +316,8 @@ class CoAttentionCascade(nn.Module):
     # ---- per caption, per clip: done once, not once per pair ------------------------------------
     def prepare_text(self, states: torch.Tensor, mask: torch.Tensor) -> PreparedText:
         """Work that depends on the caption only; done once per caption, not once per pair."""
+        if self.positions == "relative" and self.kind != "none":
+            states = states + relative_positions(mask, self.width).to(states.dtype)
         if self.kind != "iterating":
             return PreparedText(states, mask)
         for n in range(self.depth):
@@ -309,7 +326,9 @@ class CoAttentionCascade(nn.Module):
 
     def prepare_audio(self, states: torch.Tensor, mask: torch.Tensor) -> PreparedAudio:
         """The cascade's per-clip input: frames at width d plus their temporal positions (if any)."""
-        if self.positions != "none" and self.kind != "none":
+        if self.positions == "relative" and self.kind != "none":
+            states = states + relative_positions(mask, self.width).to(states.dtype)
+        elif self.positions != "none" and self.kind != "none":
             if states.shape[1] > self.audio_positions.shape[0]:
                 raise ValueError(f"{states.shape[1]} audio frames but positions for {self.audio_positions.shape[0]}: "
                                  "raise the cascade's max_frames")

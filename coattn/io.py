@@ -36,6 +36,7 @@ import re
 import tempfile
 import types
 import warnings
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -215,27 +216,30 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
         raise CheckpointError(f"{name!r} is not a torch checkpoint (it starts with {head!r}, not a zip archive or a "
                               f"pickle): the wrong file?{tail}")
     try:
-        try:
-            with warnings.catch_warnings():  # torch warns about protocol 4 just before failing on it
-                warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-                return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
-        except pickle.UnpicklingError as exc:
-            if not numpy_scalars:
-                raise _unsafe(name, exc, hint) from None
-        protocol = pickle_protocol(p)
-        try:
-            if protocol is not None and protocol <= 2:  # torch's own mechanism reads these
-                with torch.serialization.safe_globals(numpy_globals()):
-                    return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
-            return torch.load(p, map_location=map_location, weights_only=False, pickle_module=_restricted_pickle())
-        except pickle.UnpicklingError as exc:
+        with warnings.catch_warnings():  # torch warns about protocol 4 just before failing on it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        if not numpy_scalars:
             raise _unsafe(name, exc, hint) from None
-    except CheckpointError:
-        raise
     except Exception as exc:  # noqa: BLE001 - bytes that are not a checkpoint make torch raise almost anything
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise CheckpointError(f"cannot read checkpoint {name!r} (truncated, or not a torch checkpoint): "
-                              f"{type(exc).__name__}: {first}{tail}") from None
+        raise _unreadable(name, exc, tail) from None
+    # numpy scalars (LAION-CLAP): a readable torch file whose pickle names numpy globals
+    try:
+        if (pickle_protocol(p) or 0) <= 2:  # torch's own mechanism reads these
+            with torch.serialization.safe_globals(numpy_globals()):
+                return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
+        return torch.load(p, map_location=map_location, weights_only=False, pickle_module=_restricted_pickle())
+    except pickle.UnpicklingError as exc:
+        raise _unsafe(name, exc, hint) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise _unreadable(name, exc, tail) from None
+
+
+def _unreadable(name: str, exc: Exception, tail: str) -> CheckpointError:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return CheckpointError(f"cannot read checkpoint {name!r} (truncated, or not a torch checkpoint): "
+                           f"{type(exc).__name__}: {first}{tail}")
 
 
 # ---------------------------------------------------------------------------------------------- identities

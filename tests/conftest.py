@@ -41,7 +41,7 @@ def demo_run(tiny_clotho, tmp_path_factory):
     proc = subprocess.run([*coattn_cmd(), "fit", *tiny_args(tiny_clotho)], cwd=run, env=subprocess_env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = run / "runs/demo/checkpoints/best.ckpt"
+    ckpt = run / "runs/demo_scratch/checkpoints/best.ckpt"
     assert ckpt.is_file()
     return run, ckpt
 
@@ -61,7 +61,7 @@ def exported_demo(demo_run, tiny_clotho):
     os.chdir(run)
     try:
         assert main(["test", *tiny_args(tiny_clotho), f"--ckpt_path={ckpt}"]) == 0
-        shutil.copytree(run / "runs/demo/results/test", run / "exported_test")
+        shutil.copytree(run / "runs/demo_scratch/results/test", run / "exported_test")
         assert main(["export", "--ckpt_path", str(ckpt), str(run / "exported"), "--license", "mit"]) == 0
     finally:
         os.chdir(cwd)

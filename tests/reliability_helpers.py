@@ -13,7 +13,7 @@ from lightning.pytorch import Callback
 
 from tests.conftest import REPO
 
-DEMO = str(REPO / "experiments" / "demo.yaml")
+DEMO = str(REPO / "experiments" / "demo_scratch.yaml")
 
 
 def tiny_fit_args(root, epochs: int = 1, steps: int = 2, freeze_audio: bool = True) -> list[str]:

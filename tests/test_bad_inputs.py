@@ -332,7 +332,7 @@ def test_checkpoint_hparams_win_over_the_yaml(iterating_state, tiny_clotho, tmp_
     err = capsys.readouterr().err
     assert rc == 0
     assert "model.cascade.init_args.kind: 'iterating' (config: 'stacking')" in err
-    metrics = json.loads((tmp_path / "runs/demo/results/test/metrics.json").read_text())
+    metrics = json.loads((tmp_path / "runs/demo_scratch/results/test/metrics.json").read_text())
     assert metrics["extra"]["cascade"] == "iterating"
 
 

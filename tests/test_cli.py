@@ -13,7 +13,7 @@ from coattn.cli import main
 from coattn.metrics import retrieval_metrics
 from tests.conftest import REPO
 
-DEMO = str(REPO / "experiments" / "demo.yaml")
+DEMO = str(REPO / "experiments" / "demo_scratch.yaml")
 
 
 def tiny_args(root) -> list[str]:
@@ -33,14 +33,14 @@ def test_fast_dev_run(tiny_clotho, tmp_path, monkeypatch):
 def test_fit_then_test_on_checkpoint(tiny_clotho, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(["fit", *tiny_args(tiny_clotho)])
-    ckpt = tmp_path / "runs/demo/checkpoints/best.ckpt"
-    assert ckpt.is_file() and (tmp_path / "runs/demo/checkpoints/last.ckpt").is_file()
-    assert (tmp_path / "runs/demo/tokenizer.json").is_file()
+    ckpt = tmp_path / "runs/demo_scratch/checkpoints/best.ckpt"
+    assert ckpt.is_file() and (tmp_path / "runs/demo_scratch/checkpoints/last.ckpt").is_file()
+    assert (tmp_path / "runs/demo_scratch/tokenizer.json").is_file()
     capsys.readouterr()
     main(["test", *tiny_args(tiny_clotho), f"--ckpt_path={ckpt}"])
     printed = capsys.readouterr().out
     assert "mAP@10" in printed and "chance" in printed
-    out = tmp_path / "runs/demo/results/test"
+    out = tmp_path / "runs/demo_scratch/results/test"
     metrics = json.loads((out / "metrics.json").read_text())
     npz = np.load(out / "scores.npz")
     assert npz["scores"].shape == (20, 4)  # 4 evaluation clips x 5 captions

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from coattn.loss import global_nt_xent
 from tests.conftest import REPO
 
-DEMO = str(REPO / "experiments" / "demo.yaml")
+DEMO = str(REPO / "experiments" / "demo_scratch.yaml")
 WORLD = 2
 
 
@@ -117,7 +117,7 @@ def test_two_process_test_metrics_equal_one_process(five_eval_clips, tmp_path):
               "--data.init_args.eval_batch_size=2", "--data.init_args.num_workers=0", "--model.evaluation.bootstrap=20",
               "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu"]
     _run(["fit", *common, "--trainer.max_epochs=1", "--trainer.limit_train_batches=1"], tmp_path)
-    ckpt = tmp_path / "runs/demo/checkpoints/last.ckpt"
+    ckpt = tmp_path / "runs/demo_scratch/checkpoints/last.ckpt"
     assert ckpt.is_file()
     out = {}
     for devices in (1, 2):
@@ -126,7 +126,7 @@ def test_two_process_test_metrics_equal_one_process(five_eval_clips, tmp_path):
         cwd.mkdir()
         extra = ["--trainer.strategy=ddp"] if devices > 1 else []
         _run(["test", *common, f"--trainer.devices={devices}", *extra, f"--ckpt_path={ckpt}"], cwd)
-        res = cwd / "runs/demo/results/test"
+        res = cwd / "runs/demo_scratch/results/test"
         out[devices] = (json.loads((res / "metrics.json").read_text()), np.load(res / "scores.npz"))
     (m1, s1), (m2, s2) = out[1], out[2]
     assert m1["extra"]["n_clips"] == m2["extra"]["n_clips"] == 5

@@ -36,7 +36,7 @@ def _fit(root, cwd, batch: int, devices: int) -> dict:
     proc = subprocess.run([*coattn_cmd(), "fit", *args], cwd=cwd, env=subprocess_env(), capture_output=True,
                           text=True, timeout=540)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return torch.load(cwd / "runs/demo/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    return torch.load(cwd / "runs/demo_scratch/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")

@@ -157,6 +157,6 @@ def test_training_with_the_cache(tiny_clotho, tmp_path, monkeypatch):
     assert seen["cached"] and seen["audio_shape"][1] == 0  # no waveform was read for training
     shards = sorted(cache.rglob("*.keys.json"))
     assert len(list((cache / "audio").rglob("*.keys.json"))) >= 2  # train + val
-    assert main(["test", *args, f"--ckpt_path={tmp_path / 'runs/demo/checkpoints/last.ckpt'}"]) == 0
-    assert (tmp_path / "runs/demo/results/test/metrics.json").is_file()
+    assert main(["test", *args, f"--ckpt_path={tmp_path / 'runs/demo_scratch/checkpoints/last.ckpt'}"]) == 0
+    assert (tmp_path / "runs/demo_scratch/results/test/metrics.json").is_file()
     assert len(sorted(cache.rglob("*.keys.json"))) > len(shards)  # the test split was added

@@ -17,7 +17,7 @@ from coattn.train.cli import build_cli, parse_only
 from tests.conftest import REPO
 from tests.reliability_helpers import tiny_fit_args
 
-DEMO = REPO / "experiments" / "demo.yaml"
+DEMO = REPO / "experiments" / "demo_scratch.yaml"
 FLAT = {"optim": {"lr": "lr", "encoder_lr": "encoder_lr", "audio_encoder_lr": "audio_encoder_lr",
                   "weight_decay": "weight_decay", "warmup_steps": "warmup_steps"},
         "loss": {"aux_weight": "aux_weight", "pair_negatives": "pair_negatives"},
@@ -56,7 +56,7 @@ def test_old_checkpoint_tests_and_evaluation_comes_from_the_command(old_checkpoi
     assert main(["test", *tiny_fit_args(tiny_clotho), f"--ckpt_path={old_checkpoint}"]) == 0
     err = capsys.readouterr().err
     assert "coattn 0.1 layout" in err and "model.retrieval_mode -> model.evaluation.mode" in err
-    metrics = json.loads((tmp_path / "runs/demo/results/test/metrics.json").read_text())
+    metrics = json.loads((tmp_path / "runs/demo_scratch/results/test/metrics.json").read_text())
     assert metrics["extra"]["retrieval_mode"] == "exact"  # the command's evaluation, not the checkpoint's
     model = CoAttnModel.from_checkpoint(old_checkpoint)  # the library reads it too
     assert model.cascade.kind == "iterating" and not model.training

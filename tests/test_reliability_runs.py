@@ -54,7 +54,7 @@ def test_ckpt_path_last_resumes_the_run_dir_of_coattn_run_dir(run_copy, tiny_clo
     last = _state(run_copy / RUN / "checkpoints/last.ckpt")
     assert last["epoch"] == 1 and last["global_step"] == 4
     assert sorted(read_metrics(run_copy / RUN / "logs/version_1/metrics.csv")) == [1]  # only the epoch it added
-    assert not (run_copy / "runs/demo").exists()
+    assert not (run_copy / "runs/demo_scratch").exists()
 
 
 @pytest.mark.slow
@@ -133,7 +133,7 @@ def test_a_second_fit_in_a_running_fits_folder_is_refused(parked, tiny_clotho, m
     capsys.readouterr()
     assert main(["fit", *tiny_fit_args(tiny_clotho)]) == 1
     err = capsys.readouterr().err
-    assert f"coattn: error: run folder '{cwd}/runs/demo' is in use by another `coattn fit` (pid {proc.pid} on " in err
+    assert f"coattn: error: run folder '{cwd}/runs/demo_scratch' is in use by another `coattn fit` (pid {proc.pid} on " in err
     assert proc.poll() is None  # the running fit goes on
 
 
@@ -148,7 +148,7 @@ def test_sigterm_saves_mid_epoch_exits_143_and_resume_is_exact(parked, tiny_clot
     assert "Traceback" not in log and "DataLoader worker" not in log, log[-3000:]
     stopped = [line for line in log.splitlines() if line.startswith("coattn: stopped by SIGTERM")]
     assert len(stopped) == 1 and "at global step 4 (epoch 1, batch 0): saved " in stopped[0], log[-3000:]
-    last = cwd / "runs/demo/checkpoints/last.ckpt"
+    last = cwd / "runs/demo_scratch/checkpoints/last.ckpt"
     assert _state(last)["global_step"] == 4 and _state(last)["epoch"] == 1  # mid-epoch: 1 of the 3 batches
 
     uninterrupted = tmp_path / "uninterrupted"
@@ -158,9 +158,9 @@ def test_sigterm_saves_mid_epoch_exits_143_and_resume_is_exact(parked, tiny_clot
         assert main(["fit", *_deterministic(tiny_clotho)]) == 0
         monkeypatch.chdir(cwd)
         assert main(["fit", *_deterministic(tiny_clotho), "--ckpt_path", "last"]) == 0
-    a, b = _state(uninterrupted / "runs/demo/checkpoints/last.ckpt"), _state(last)
+    a, b = _state(uninterrupted / "runs/demo_scratch/checkpoints/last.ckpt"), _state(last)
     assert a["global_step"] == b["global_step"] == EPOCHS * STEPS
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
-    assert read_metrics(uninterrupted / "runs/demo/logs/version_0/metrics.csv")[1] == \
-        read_metrics(cwd / "runs/demo/logs/version_1/metrics.csv")[1]
+    assert read_metrics(uninterrupted / "runs/demo_scratch/logs/version_0/metrics.csv")[1] == \
+        read_metrics(cwd / "runs/demo_scratch/logs/version_1/metrics.csv")[1]

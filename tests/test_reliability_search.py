@@ -31,7 +31,7 @@ def checkpoint(tiny_clotho, tmp_path_factory):
         assert main(["fit", *tiny_fit_args(tiny_clotho, steps=1)]) == 0
     finally:
         os.chdir(cwd)
-    return run / "runs/demo/checkpoints/last.ckpt"
+    return run / "runs/demo_scratch/checkpoints/last.ckpt"
 
 
 @pytest.fixture

@@ -106,7 +106,7 @@ def test_evaluation_without_ckpt_path_is_refused(stage, tiny_clotho, tmp_path, m
 def test_ckpt_path_last_or_best_without_a_run_is_refused(which, tiny_clotho, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     line = one_error_line(capsys, ["test", *tiny_fit_args(tiny_clotho), "--ckpt_path", which])
-    assert line.startswith(f"--ckpt_path {which}: no last*.ckpt in runs/demo/checkpoints")
+    assert line.startswith(f"--ckpt_path {which}: no last*.ckpt in runs/demo_scratch/checkpoints")
 
 
 def test_untrained_flag_explains_the_tiny_tokenizer(tiny_clotho, tmp_path, monkeypatch, capsys):
@@ -179,6 +179,6 @@ def test_results_that_cannot_be_written_keep_the_metrics(model_ckpt, tiny_clotho
     capsys.readouterr()
     assert main(["test", *tiny_fit_args(tiny_clotho), "--ckpt_path", model_ckpt]) == 1
     out, err = capsys.readouterr()
-    assert "coattn: error: could not write the test results to runs/demo/results/test (No space left on device)" in err
+    assert "coattn: error: could not write the test results to runs/demo_scratch/results/test (No space left on device)" in err
     table, printed = out.index("mAP@10"), json.loads(next(x for x in out.splitlines() if x.startswith('{"metrics"')))
     assert table < out.index('{"metrics"') and 0 <= printed["metrics"]["t2a_mAP@10"] <= 1

@@ -37,7 +37,7 @@ def test_sigkill_in_second_epoch_then_resume_last_matches_uninterrupted(tiny_clo
     proc = run_until_marker(["fit", *args, f"--trainer.callbacks+={park}"], b, marker)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    last = b / "runs/demo/checkpoints/last.ckpt"
+    last = b / "runs/demo_scratch/checkpoints/last.ckpt"
     assert _state(last)["epoch"] == 0  # the kill came during the second epoch
     assert not list(last.parent.glob(".coattn-ckpt-*")) or True  # partial files (if any) are ignored
 
@@ -47,7 +47,7 @@ def test_sigkill_in_second_epoch_then_resume_last_matches_uninterrupted(tiny_clo
         monkeypatch.chdir(b)
         assert main(["fit", *args, "--ckpt_path", "last"]) == 0
 
-    ca, cb = _state(a / "runs/demo/checkpoints/last.ckpt"), _state(last)
+    ca, cb = _state(a / "runs/demo_scratch/checkpoints/last.ckpt"), _state(last)
     assert ca["epoch"] == cb["epoch"] == EPOCHS - 1 and ca["global_step"] == cb["global_step"] == 2 * EPOCHS
     for k, v in ca["state_dict"].items():
         assert torch.equal(v, cb["state_dict"][k]), k
@@ -55,8 +55,8 @@ def test_sigkill_in_second_epoch_then_resume_last_matches_uninterrupted(tiny_clo
         for k in sa:
             assert torch.equal(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])), k
     assert ca["lr_schedulers"] == cb["lr_schedulers"]
-    ma = read_metrics(a / "runs/demo/logs/version_0/metrics.csv")
-    mb = read_metrics(b / "runs/demo/logs/version_1/metrics.csv")  # the resumed run's own log
+    ma = read_metrics(a / "runs/demo_scratch/logs/version_0/metrics.csv")
+    mb = read_metrics(b / "runs/demo_scratch/logs/version_1/metrics.csv")  # the resumed run's own log
     assert sorted(mb) == [1, 2]
     for epoch in (1, 2):
         assert mb[epoch] == ma[epoch], epoch  # identical, not approximately
@@ -72,8 +72,8 @@ def test_same_seed_deterministic_gives_identical_metrics(tiny_clotho, tmp_path, 
             (tmp_path / name).mkdir()
             monkeypatch.chdir(tmp_path / name)
             assert main(["fit", *args]) == 0
-            out.append((read_metrics(tmp_path / name / "runs/demo/logs/version_0/metrics.csv"),
-                        _state(tmp_path / name / "runs/demo/checkpoints/last.ckpt")["state_dict"]))
+            out.append((read_metrics(tmp_path / name / "runs/demo_scratch/logs/version_0/metrics.csv"),
+                        _state(tmp_path / name / "runs/demo_scratch/checkpoints/last.ckpt")["state_dict"]))
     (m1, s1), (m2, s2) = out
     assert m1 == m2 and m1[0]["val/t2a_mAP@10"] >= 0
     assert all(torch.equal(v, s2[k]) for k, v in s1.items())

@@ -129,7 +129,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert rc == 1
     assert "non-finite training loss at global step 2 (epoch 1, batch 0)" in err
     assert "train/pair_loss" in err and "train/dual_loss = nan" in err
-    last = tmp_path / "runs/demo/checkpoints/last.ckpt"
+    last = tmp_path / "runs/demo_scratch/checkpoints/last.ckpt"
     assert f"last good checkpoint {last}" in err
     ckpt = safe_torch_load(last)
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == 2
@@ -151,7 +151,7 @@ def test_no_secret_is_written_anywhere(tiny_clotho, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     monkeypatch.chdir(tmp_path)
     wandb_logger = json.dumps({"class_path": "lightning.pytorch.loggers.WandbLogger",
-                               "init_args": {"project": "secrets", "save_dir": "runs/demo"}})
+                               "init_args": {"project": "secrets", "save_dir": "runs/demo_scratch"}})
     args = [*tiny_fit_args(tiny_clotho, steps=1), f"--trainer.logger+={wandb_logger}"]
     import wandb
 

@@ -110,15 +110,15 @@ def test_test_in_rerank_mode_and_predict(demo_run, tiny_clotho, monkeypatch, cap
     assert main(["test", *tiny_args(tiny_clotho), f"--ckpt_path={ckpt}", "--model.evaluation.mode=rerank",
                  "--model.evaluation.rerank_k=2"]) == 0
     assert "retrieval: rerank, K=2" in capsys.readouterr().out
-    metrics = json.loads((run / "runs/demo/results/test/metrics.json").read_text())
+    metrics = json.loads((run / "runs/demo_scratch/results/test/metrics.json").read_text())
     extra = json.dumps(metrics)
     assert '"retrieval_mode": "rerank"' in extra and '"rerank_k": 2' in extra
     assert '"cascade_passes_exact": 80' in extra  # 20 captions x 4 clips
 
     assert main(["predict", *tiny_args(tiny_clotho), f"--ckpt_path={ckpt}"]) == 0
-    z = np.load(run / "runs/demo/results/predict/embeddings.npz")
+    z = np.load(run / "runs/demo_scratch/results/predict/embeddings.npz")
     assert z["clip_embeddings"].shape[0] == 4 and z["caption_embeddings"].shape[0] == 20
     assert len(z["fnames"]) == 4 and len(z["captions"]) == 20 and z["caption_clip"].max() == 3
     np.testing.assert_allclose(np.linalg.norm(z["clip_embeddings"], axis=1), 1, atol=1e-5)
-    f = np.load(run / "runs/demo/results/predict/features.npz")
+    f = np.load(run / "runs/demo_scratch/results/predict/features.npz")
     assert f["clip_states"].shape[:2] == (4, 32) and f["caption_states"].shape[0] == 20

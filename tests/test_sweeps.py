@@ -117,13 +117,13 @@ def test_one_point_runs(tiny_clotho, tmp_path, monkeypatch):
     cfg = sw.load_sweep(SWEEPS / "depth.yaml")
     point = [p for p in sw.grid_points(cfg) if p["model.cascade.init_args.depth"] == 3
              and p["model.cascade.init_args.kind"] == "iterating"][0]
-    argv = sw.replace_config(sw.render_command(cfg["command"], point), str(REPO / "experiments/demo.yaml"))
+    argv = sw.replace_config(sw.render_command(cfg["command"], point), str(REPO / "experiments/demo_scratch.yaml"))
     assert argv[:3] == ["/usr/bin/env", "coattn", "fit"]
-    extra = [a for a in tiny_args(tiny_clotho) if not a.startswith("--config") and not a.endswith("demo.yaml")]
+    extra = [a for a in tiny_args(tiny_clotho) if not a.startswith("--config") and not a.endswith("demo_scratch.yaml")]
     monkeypatch.setenv("COATTN_RUN_DIR", str(tmp_path / "point"))
     main([*argv[2:], *extra, "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
           "--model.evaluation.bootstrap=0"])
-    assert (tmp_path / "point/checkpoints/last.ckpt").is_file()  # relocated from runs/demo/checkpoints
+    assert (tmp_path / "point/checkpoints/last.ckpt").is_file()  # relocated from runs/demo_scratch/checkpoints
     assert not (tmp_path / "runs").exists()
     saved = next((tmp_path / "point").rglob("coattn_config.yaml")).read_text()
     assert "depth: 3" in saved and "kind: iterating" in saved
@@ -136,8 +136,8 @@ def test_coattn_sweep_runs_a_tiny_grid_and_writes_the_report(tiny_clotho, tmp_pa
     tiny["parameters"] = {"model.cascade.init_args.kind": {"value": "iterating"},
                           "model.cascade.init_args.depth": {"values": [1, 2]}}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
-    extra = [a for a in tiny_args(tiny_clotho) if not a.startswith("--config") and not a.endswith("demo.yaml")]
-    rc = main(["sweep", "tiny.yaml", "--config", str(REPO / "experiments/demo.yaml"), "--out", "sw",
+    extra = [a for a in tiny_args(tiny_clotho) if not a.startswith("--config") and not a.endswith("demo_scratch.yaml")]
+    rc = main(["sweep", "tiny.yaml", "--config", str(REPO / "experiments/demo_scratch.yaml"), "--out", "sw",
                "--seeds", "0", "--in-process", "--extra", *extra, "--trainer.limit_train_batches=1",
                "--trainer.limit_val_batches=1", "--model.evaluation.bootstrap=0"])
     assert rc == 0
@@ -151,7 +151,7 @@ def test_coattn_sweep_runs_a_tiny_grid_and_writes_the_report(tiny_clotho, tmp_pa
     assert "| depth | n | mean | std | min | max |" in report and "(best)" in report
     assert (tmp_path / "sw/test_t2a_mAP@10.png").is_file()
     # rerunning resumes: finished runs are read back, not trained again
-    assert main(["sweep", "tiny.yaml", "--config", str(REPO / "experiments/demo.yaml"), "--out", "sw",
+    assert main(["sweep", "tiny.yaml", "--config", str(REPO / "experiments/demo_scratch.yaml"), "--out", "sw",
                  "--seeds", "0", "--in-process", "--extra", *extra]) == 0
     assert len(list(csv.DictReader((tmp_path / "sw/results.csv").open()))) == 2
 

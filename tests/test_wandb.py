@@ -21,7 +21,7 @@ FAKE_KEY = "not-a-real-key-0123456789abcdef"
 
 
 def demo_wandb_args(root) -> list[str]:
-    return ["--config", str(EXP / "demo.yaml"), "--config", str(EXP / "demo_wandb.yaml"),
+    return ["--config", str(EXP / "demo_scratch.yaml"), "--config", str(EXP / "demo_wandb.yaml"),
             f"--data.init_args.root={root}", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=4",
             "--data.init_args.num_workers=0", "--model.evaluation.bootstrap=0", "--trainer.limit_train_batches=1",
             "--trainer.log_every_n_steps=1"]

@@ -145,6 +145,20 @@ def eval_loaders(trainer, stage: str, collected: EvalAccumulator) -> list[tuple[
     return [(i, str(i) if i else None) for i in (collected.loaders() or [0])]
 
 
+def probe_metrics(trainer, stage: str, c: Collected, model, fusion: float) -> dict:
+    """The compositional probe of a test split whose data holds probe variants (``coattn synth`` writes
+    them to ``<root>/synth_metadata.json``), else {} (coattn/probe.py; ``coattn probe`` for any split)."""
+    dm = getattr(trainer, "datamodule", None)
+    meta = Path(getattr(dm, "root", "")) / "synth_metadata.json" if getattr(dm, "root", None) else None
+    if stage != "test" or meta is None or not meta.is_file() or trainer.sanity_checking:
+        return {}
+    from coattn.probe import items_from_metadata, run_probe
+
+    folder = dm.split("test").audio_dir.name
+    items = items_from_metadata(meta, folder, c.fnames, c.captions, c.caption_clip.tolist())
+    return run_probe(model, c.audio, items, fusion)
+
+
 def relevance_metrics(trainer, stage: str, loader: int, c: Collected,
                       scores: torch.Tensor) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """DCASE 2025 multi-relevance metrics of a scored split when its data module names a relevance file
@@ -171,6 +185,9 @@ def write_test_results(out: Path, c: Collected, scores: torch.Tensor, metrics: d
     extra = {**extra, "n_captions": len(c.captions), "n_clips": len(c.fnames),
              "captions_per_clip": sorted(set(n_per_clip.tolist()))}
     print(format_table(metrics, chance, ci))
+    if extra.get("probe"):
+        from coattn.probe import format_probe
+        print(format_probe(extra["probe"]))
     if multi[0]:
         multi_ci = bootstrap_ci(multi[1], n_boot=bootstrap) if bootstrap else {}
         extra["multi_relevance"] = {"metrics": multi[0], "ci": multi_ci}

@@ -42,6 +42,7 @@ shows the build. With the audio encoder cached the data module stops decoding au
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 

@@ -1,0 +1,64 @@
+"""``coattn compare``: test results of several runs side by side, the first one as the reference.
+
+    coattn compare runs/demo_dual/results/test/metrics.json runs/demo/results/test/metrics.json \\
+        --names "dual encoder" "co-attention"
+
+One row per ``metrics.json`` (written by ``coattn test``): t2a mAP@10 with its 95 % CI, R@1/5/10,
+a2t mAP@10, the ratio of t2a mAP@10 to the first row's, the fusion lambda, and the compositional
+probe (order / count accuracy of the pair and dual branches) when the test split had one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def rows(paths: list[str], names: list[str] | None) -> list[dict]:
+    out = []
+    for i, p in enumerate(paths):
+        m = json.loads(Path(p).read_text(encoding="utf-8"))
+        metrics, ci, extra = m.get("metrics", {}), m.get("ci", {}), m.get("extra", {})
+        name = names[i] if names and i < len(names) else Path(p).parents[2].name if len(Path(p).parents) > 2 else p
+        out.append({"name": name, "metrics": metrics, "ci": ci.get("t2a_mAP@10"), "extra": extra})
+    return out
+
+
+def table(items: list[dict]) -> str:
+    ref = items[0]["metrics"].get("t2a_mAP@10") or float("nan")
+    head = "| run | t2a mAP@10 | 95 % CI | R@1 | R@5 | R@10 | a2t mAP@10 | x first | lambda | order probe pair / dual |"
+    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    for it in items:
+        m, e = it["metrics"], it["extra"]
+        ci = f"[{_pct(it['ci'][0])}, {_pct(it['ci'][1])}]" if it["ci"] else "-"
+        probe = e.get("probe", {}).get("order", {})
+        order = f"{probe['pair']:.2f} / {probe['dual']:.2f}" if "pair" in probe else (
+            f"- / {probe['dual']:.2f}" if "dual" in probe else "-")
+        lam = e.get("fusion_lambda")
+        lines.append(f"| {it['name']} | {_pct(m.get('t2a_mAP@10'))} | {ci} | {_pct(m.get('t2a_R@1'))} | "
+                     f"{_pct(m.get('t2a_R@5'))} | {_pct(m.get('t2a_R@10'))} | {_pct(m.get('a2t_mAP@10'))} | "
+                     f"{m.get('t2a_mAP@10', float('nan')) / ref:.2f} | {'-' if lam is None else f'{lam:g}'} | {order} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="coattn compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("metrics", nargs="+", help="metrics.json files of `coattn test`")
+    p.add_argument("--names", nargs="+", help="a name per file (default: the run folder's name)")
+    a = p.parse_args(argv)
+    missing = [m for m in a.metrics if not Path(m).is_file()]
+    if missing:
+        print(f"coattn compare: not found: {', '.join(missing)} (run `coattn test` first)", file=sys.stderr)
+        return 2
+    print(table(rows(a.metrics, a.names)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,6 +12,7 @@ PY       := $(VENV)/bin/python
 COATTN   := $(VENV)/bin/coattn
 DEMO_DATA ?= data/demo
 DEMO_RUN  ?= runs/demo
+DEMO_DUAL_RUN ?= runs/demo_dual
 PYTEST_ARGS ?=
 
 # Offline by default: pretrained weights come from local paths; W&B writes offline runs.
@@ -36,11 +37,18 @@ demo: install demo-data demo-fit demo-test
 demo-data:
 	$(COATTN) synth $(DEMO_DATA) --seed 0
 
-demo-fit:  # --ckpt_path last: a second `make demo` resumes (or finds the run done); `make clean-demo` starts over
+# Two stages (README "The two-stage recipe"): the dual encoder aligns the towers, then the cascade
+# learns on top of them, frozen. --ckpt_path last: a second `make demo` resumes (or finds a run done).
+demo-fit:
+	$(COATTN) fit --config experiments/demo_dual.yaml --ckpt_path last
 	$(COATTN) fit --config experiments/demo.yaml --ckpt_path last
 
+# Both stages' test results, then the comparison table (dual baseline first).
 demo-test:
+	$(COATTN) test --config experiments/demo_dual.yaml --ckpt_path $(DEMO_DUAL_RUN)/checkpoints/best.ckpt
 	$(COATTN) test --config experiments/demo.yaml --ckpt_path $(DEMO_RUN)/checkpoints/best.ckpt
+	$(COATTN) compare $(DEMO_DUAL_RUN)/results/test/metrics.json $(DEMO_RUN)/results/test/metrics.json \
+	  --names "dual encoder (stage 1)" "co-attention (stage 2, fused)"
 
 clean-demo:
-	rm -rf $(DEMO_DATA) $(DEMO_RUN)
+	rm -rf $(DEMO_DATA) $(DEMO_RUN) $(DEMO_DUAL_RUN) runs/feature_cache

@@ -78,7 +78,7 @@ def test_rotation_moves_real_frames_only():
 def test_positions_make_reversed_frames_score_differently():
     text, audio, _ = batch()
     reversed_audio = SequenceFeatures(audio.states.flip(1), audio.mask, audio.pooled)
-    for positions, changes in (("none", False), ("learned", True), ("sinusoidal", True)):
+    for positions, changes in (("none", False), ("learned", True), ("sinusoidal", True), ("relative", True)):
         m = model(positions=positions).eval()
         a = m.score_grid(m.prepare_text(text), m.prepare_audio(audio))
         b = m.score_grid(m.prepare_text(text), m.prepare_audio(reversed_audio))

@@ -4,8 +4,9 @@
         --names "dual encoder" "co-attention"
 
 One row per ``metrics.json`` (written by ``coattn test``): t2a mAP@10 with its 95 % CI, R@1/5/10,
-a2t mAP@10, the ratio of t2a mAP@10 to the first row's, the fusion lambda, and the compositional
-probe (order / count accuracy of the pair and dual branches) when the test split had one.
+a2t mAP@10, the ratio of t2a mAP@10 to the first row's, the co-attention branch alone (its pair
+score before fusion, and its ratio to the first row), the fusion lambda, and the compositional probe
+(order accuracy of the pair and dual branches) when the test split had one.
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ def rows(paths: list[str], names: list[str] | None) -> list[dict]:
 
 def table(items: list[dict]) -> str:
     ref = items[0]["metrics"].get("t2a_mAP@10") or float("nan")
-    head = "| run | t2a mAP@10 | 95 % CI | R@1 | R@5 | R@10 | a2t mAP@10 | x first | lambda | order probe pair / dual |"
-    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    head = ("| run | t2a mAP@10 | 95 % CI | R@1 | R@5 | R@10 | a2t mAP@10 | x first | pair alone | x first | lambda "
+            "| order probe pair / dual |")
+    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for it in items:
         m, e = it["metrics"], it["extra"]
         ci = f"[{_pct(it['ci'][0])}, {_pct(it['ci'][1])}]" if it["ci"] else "-"
@@ -40,9 +42,11 @@ def table(items: list[dict]) -> str:
         order = f"{probe['pair']:.2f} / {probe['dual']:.2f}" if "pair" in probe else (
             f"- / {probe['dual']:.2f}" if "dual" in probe else "-")
         lam = e.get("fusion_lambda")
+        pair = (e.get("pair_metrics") or (m if e.get("cascade", "none") != "none" else {})).get("t2a_mAP@10")
+        pair_ratio = "-" if pair is None else f"{pair / ref:.2f}"
         lines.append(f"| {it['name']} | {_pct(m.get('t2a_mAP@10'))} | {ci} | {_pct(m.get('t2a_R@1'))} | "
                      f"{_pct(m.get('t2a_R@5'))} | {_pct(m.get('t2a_R@10'))} | {_pct(m.get('a2t_mAP@10'))} | "
-                     f"{m.get('t2a_mAP@10', float('nan')) / ref:.2f} | {'-' if lam is None else f'{lam:g}'} | {order} |")
+                     f"{m.get('t2a_mAP@10', float('nan')) / ref:.2f} | {_pct(pair)} | {pair_ratio} | {'-' if lam is None else f'{lam:g}'} | {order} |")
     return "\n".join(lines)
 
 

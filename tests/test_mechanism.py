@@ -158,3 +158,17 @@ def test_compare_puts_the_dual_baseline_first_and_the_pair_score_beside_the_fuse
     assert lines[2].startswith("| dual | 50.0 | [45.0, 55.0]")
     assert "| 60.0 |" in lines[3] and "| 1.20 | 55.0 | 1.10 | 0.5 | 0.90 / 0.50 |" in lines[3]
     assert main([str(tmp_path / "absent.json")]) == 2
+
+
+def test_pair_training_benchmark_runs_both_modes_side_by_side():
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pair_training.py"), "--width", "16", "--depth", "1",
+                          "--heads", "2", "--enc-dim", "24", "--embed-dim", "8", "--batches", "6", "--steps", "1",
+                          "--k", "2", "--r", "1"], capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| 6 |")]
+    assert len(rows) == 2 and "| B x B | 36 |" in rows[0] and "| hard K=2 R=1 | 48 |" in rows[1], out
+    assert "load average before" in out and "load average after" in out

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The mechanism study of docs/ablations.md: what each part of the stage-2 recipe brings.
+# Every variant starts from the same stage-1 dual encoder (STAGE1) and changes one thing of
+# experiments/demo.yaml; `coattn test` writes each variant's metrics.json (fused and pair-alone
+# t2a mAP@10, the dual branch, the order probe), docs/ablations/mechanism.py tabulates them.
+#   coattn synth data/demo --seed 0
+#   coattn fit --config experiments/demo_dual.yaml                    # stage 1 -> runs/demo_dual
+#   bash docs/ablations/run_mechanism.sh                              # ~5 min a variant on 2 idle cores
+#   python docs/ablations/mechanism.py runs/mechanism
+set -euo pipefail
+export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
+COATTN=${COATTN:-coattn}
+OUT=${OUT:-runs/mechanism}
+STAGE1=${STAGE1:-runs/demo_dual/checkpoints/best.ckpt}
+SEEDS=${SEEDS:-0}
+CFG=experiments/demo.yaml
+C=--model.cascade.init_args
+L=--model.loss
+
+variant() {  # $1 name, rest: overrides of demo.yaml. A finished variant (metrics.json) is skipped.
+  local name=$1; shift
+  for seed in $SEEDS; do
+    local dir="$OUT/$name/seed$seed"
+    [ -f "$dir/results/test/metrics.json" ] && continue
+    echo "== $name seed $seed $(date +%T) load $(cut -d' ' -f1-3 /proc/loadavg)"
+    COATTN_RUN_DIR=$dir $COATTN fit --config $CFG --seed_everything "$seed" --model.init_from "$STAGE1" "$@" \
+      > "$OUT/$name.seed$seed.log" 2>&1
+    COATTN_RUN_DIR=$dir $COATTN test --config $CFG --seed_everything "$seed" --model.init_from "$STAGE1" "$@" \
+      --ckpt_path "$dir/checkpoints/best.ckpt" >> "$OUT/$name.seed$seed.log" 2>&1
+  done
+}
+mkdir -p "$OUT"
+variant recipe
+variant positions_none $C.positions=none $L.time_negatives=false
+variant no_caption_negatives $L.caption_negatives=false
+variant no_time_negatives $L.time_negatives=false
+variant bxb_random $L.pair_negatives=local
+variant hard_k0 $L.pair_k=0
+variant single $C.kind=single
+variant stacking $C.kind=stacking
+variant depth1 $C.depth=1
+variant depth4 $C.depth=4
+variant width128 $C.width=128 $C.ffn_dim=256
+variant temperature_0.05 --model.temperature=0.05 --model.learn_temperature=false
+echo "mechanism study done: $OUT (python docs/ablations/mechanism.py $OUT)"

@@ -59,8 +59,8 @@ def shard_rows(n_text: int, n_audio: int, tile_pairs: int, rank: int, world: int
     The slice is a run of whole caption tiles of the one-process tiling (``tile_shape`` of the
     whole grid), tiles split as evenly as they divide: each rank runs exactly the tiles one process
     would (same shapes, same kernels), so the gathered rows are bit-identical to one process's
-    matrix (a slice cut inside a tile changes the tile shapes and the float sums: scores 3e-8 off,
-    tests/test_ddp_sharded_eval.py). A rank may get no rows (fewer tiles than ranks).
+    matrix (a slice cut inside a tile changes the tile shapes and the float sums: 3e-8 off on the
+    features of tests/test_ddp_sharded_eval.py). A rank may get no rows (fewer tiles than ranks).
     """
     tn, _ = tile_shape(n_text, n_audio, tile_pairs)
     tiles = math.ceil(n_text / tn)

@@ -317,7 +317,7 @@ def ddp_compare(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "rank0.pt")
         mp.spawn(_ddp_worker, args=(args, port, per_rank, out), nprocs=args.ddp, join=True)
-        res = torch.load(out)
+        res = torch.load(out, weights_only=True)
     pairs = args.captions * args.clips
     slices = [shard_rows(args.captions, args.clips, args.tile_pairs, r, args.ddp) for r in range(args.ddp)]
     print(f"# sharded exact scoring: {args.captions} captions x {args.clips} clips = {pairs:,} pairs, iterating "

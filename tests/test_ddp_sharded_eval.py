@@ -84,7 +84,7 @@ def test_two_process_sharded_scores_and_metrics_bit_identical_to_one_process(tmp
     import torch.multiprocessing as mp
 
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

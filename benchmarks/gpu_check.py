@@ -200,10 +200,12 @@ def check_scoring(model, sizes: Sizes, device: torch.device, rows: list) -> None
     sub = text.index(slice(0, k))
     with bf16(device):
         low = exact(model, audio, sub, progress=False).pair
-    full = Retriever(mode="exact", tile_pairs=16384, precision="fp32", fusion=0.0)(model, audio, sub, progress=False).pair
+    fp32 = Retriever(mode="exact", tile_pairs=16384, precision="fp32", fusion=0.0)
+    full = fp32(model, audio, sub, progress=False).pair
     top1 = float((low.argmax(1) == full.argmax(1)).float().mean())
+    rho = spearman(low.flatten(), full.flatten())
     rows.append(("bf16 vs fp32 scores", f"{k:,} captions x {m:,} clips",
-                 f"max abs diff {(low - full).abs().max().item():.4f}; Spearman {spearman(low.flatten(), full.flatten()):.5f}; "
+                 f"max abs diff {(low - full).abs().max().item():.4f}; Spearman {rho:.5f}; "
                  f"same top-1 clip {100 * top1:.1f} %"))
     rows.append(("SDPA backend, scoring", "cascade attention (boolean key mask)", backend))
 

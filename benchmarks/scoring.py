@@ -297,6 +297,9 @@ def ddp_compare(args) -> int:
     from coattn.retrieval import Retriever
     from coattn.retrieval.tiling import shard_rows
 
+    if args.device != "cpu":
+        print("--ddp times CPU processes (gloo); on GPUs use `coattn test` with --trainer.devices=W")
+        return 2
     args.tile_pairs = args.tile_pairs or 256
     threads = torch.get_num_threads()
     per_rank = max(1, threads // args.ddp)

@@ -96,7 +96,7 @@ class Retriever:
         ``sharded=True`` (DDP; every rank of the default process group must call it, each with all the
         features): ``exact`` mode scores this rank's slice of captions (``tiling.shard_rows``: whole
         tiles of the one-process tiling) against all clips and gathers the slices, so every rank
-        holds the matrix one process computes, bit for bit, in 1/W of the time. ``rerank`` (a few
+        holds the matrix one process computes, bit for bit, for 1/W of the cascade passes. ``rerank`` (a few
         % of exact) and the dual branch run whole on every rank. One process: no effect.
         """
         lam = float(fusion if fusion is not None else self.fusion if self.fusion is not None else model.fusion_lambda)

@@ -4,8 +4,9 @@ process does on the combined batch.
 
 The training setting is tests/test_ddp_training.py's (dual-encoder head, frozen towers, 8 training
 clips: the 2 x 4 batches hold the 1 x 8 batch), so the same float tolerances apply. Evaluation: the
-2-node ``coattn test`` of the trained checkpoint gives exactly the metrics and scores of a 1-process
-``coattn test`` of it (sharded exact scoring; 5 evaluation clips, not divisible by 2).
+validation metrics of both fits agree, and the 2-node ``coattn test`` of the trained checkpoint gives
+exactly the metrics and scores of a 1-process ``coattn test`` of it (sharded exact scoring; 5
+evaluation clips, not divisible by 2).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.reliability_helpers import coattn_cmd, subprocess_env, tiny_fit_args
+from tests.reliability_helpers import coattn_cmd, read_metrics, subprocess_env, tiny_fit_args
 from tests.test_ddp import _free_port
 
 
@@ -87,6 +88,10 @@ def test_two_nodes_train_and_evaluate_as_one_process(eight_clips, tmp_path):
                                    atol=max(1e-8, 1e-4 * o1["exp_avg"].abs().max().item()))
     for k, v in a["state_dict"].items():  # tolerance as tests/test_ddp_training.py: a tenth of one Adam step
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=1e-4, msg=k)
+    # the validation metrics of both epochs (rank-based: the float noise of the weights moves no rank)
+    val = [read_metrics(next((d / "runs/demo_scratch/logs").glob("version_*/metrics.csv"))) for d in (one, two)]
+    assert sorted(val[0]) == sorted(val[1]) == [0, 1] and val[0][1]
+    assert val[1] == {e: pytest.approx(m, abs=1e-6) for e, m in val[0].items()}
 
     # evaluation: the 2-node checkpoint tested on 2 nodes and on 1 process
     results = {}

@@ -99,4 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from loadavg import LoadAverage
+
+    with LoadAverage():
+        code = main()
+    sys.exit(code)

@@ -183,4 +183,8 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.exit(main())
+    from loadavg import LoadAverage
+
+    with LoadAverage():
+        code = main()
+    sys.exit(code)

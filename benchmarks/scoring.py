@@ -3,6 +3,7 @@ machine's measured matmul GFLOP/s, peak memory. Everything is measured side by s
 
     python benchmarks/scoring.py                              # CPU, the paper's cascade size, subsampled
     python benchmarks/scoring.py --device cuda --dtype bf16 --full   # Clotho evaluation size on a GPU
+    python benchmarks/scoring.py --ddp 2 --captions 16        # sharded exact scoring: 1 vs 2 processes
 
 Model: the ``iterating`` cascade at the real configuration (width 512, 8 heads, depth 5, FFN 2048)
 on random features (L = 32 tokens, T = 32 frames, 768-d encoders; the encoders do not run: the
@@ -14,6 +15,12 @@ is extrapolated from a subsample, and says so.
 Rows: ``loop`` = ``model.score_pairs`` called one pair at a time (the naive Python loop);
 ``tiled`` = ``model.score_grid`` per tile (the per-clip work redone for every caption tile);
 ``engine`` = ``coattn.retrieval.score_matrix``.
+
+``--ddp W``: the sharded exact evaluation (``Retriever(..., sharded=True)``) of the subsample on W
+gloo processes of T/W threads each, next to one process of T threads (T = this process's torch
+threads): the same cores, split between processes instead of threads. Each rank scores whole
+caption tiles (``tiling.shard_rows``), then the slices are gathered; timed from a barrier to the
+gathered matrix (process start-up is not counted). Every table starts and ends with the load average.
 """
 from __future__ import annotations
 
@@ -25,6 +32,8 @@ import time
 
 import torch
 from torch import nn
+
+from loadavg import LoadAverage
 
 CLOTHO = (5225, 1045)
 
@@ -135,7 +144,14 @@ def main(argv=None) -> int:
     p.add_argument("--enc-dim", type=int, default=768)
     p.add_argument("--text-len", type=int, default=32)
     p.add_argument("--audio-len", type=int, default=32)
+    p.add_argument("--ddp", type=int, default=0, metavar="W",
+                   help="time sharded exact scoring on W gloo processes next to 1 process (CPU)")
     args = p.parse_args(argv)
+    with LoadAverage():
+        return ddp_compare(args) if args.ddp else run(args)
+
+
+def run(args) -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("No CUDA GPU is present on this machine (torch.cuda.is_available() is False): the CUDA "
@@ -239,6 +255,86 @@ def main(argv=None) -> int:
     ok50 = eng_pps * exec_fpp / 1e9 >= 0.5 * mm
     print(f"targets: >= 20x the loop: {'met' if ok20 else 'NOT met'} ({eng_pps / loop_pps:.1f}x); "
           f">= 50 % of matmul GFLOP/s: {'met' if ok50 else 'NOT met'} ({100 * eng_pps * exec_fpp / 1e9 / mm:.0f} %)")
+    return 0
+
+
+# ---- --ddp W: sharded exact scoring, 1 vs W processes -------------------------------------------
+def _ddp_inputs(args):
+    model, feats = build(args, torch.device("cpu"))
+    with torch.no_grad():
+        return model, feats(args.clips, args.audio_len), feats(args.captions, args.text_len)
+
+
+def _ddp_worker(rank: int, args, port: int, threads: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from coattn.retrieval import Retriever
+
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=args.ddp)
+    try:
+        model, audio, text = _ddp_inputs(args)
+        retriever = Retriever(mode="exact", tile_pairs=args.tile_pairs, precision="fp32", fusion=0.0)
+        retriever(model, audio.index(slice(0, 2)), text.index(slice(0, 2)), sharded=True, progress=False)  # warm-up
+        best = float("inf")
+        for _ in range(args.repeats):
+            dist.barrier()
+            t = time.perf_counter()
+            scores = retriever(model, audio, text, sharded=True, progress=False).scores
+            best = min(best, time.perf_counter() - t)
+        if rank == 0:
+            torch.save({"seconds": best, "scores": scores}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_compare(args) -> int:
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    from coattn.retrieval import Retriever
+    from coattn.retrieval.tiling import shard_rows
+
+    if args.device != "cpu":
+        print("--ddp times CPU processes (gloo); on GPUs use `coattn test` with --trainer.devices=W")
+        return 2
+    args.tile_pairs = args.tile_pairs or 256
+    threads = torch.get_num_threads()
+    per_rank = max(1, threads // args.ddp)
+    model, audio, text = _ddp_inputs(args)
+    retriever = Retriever(mode="exact", tile_pairs=args.tile_pairs, precision="fp32", fusion=0.0)
+    retriever(model, audio.index(slice(0, 2)), text.index(slice(0, 2)), progress=False)  # warm-up
+    one = {threads: float("inf"), per_rank: float("inf")}  # 1 process: all threads, and a rank's share
+    for _ in range(args.repeats):
+        for n_threads in one:
+            torch.set_num_threads(n_threads)
+            t = time.perf_counter()
+            ref = retriever(model, audio, text, progress=False).scores
+            one[n_threads] = min(one[n_threads], time.perf_counter() - t)
+    torch.set_num_threads(threads)
+    with socket.socket() as s_:  # a free port for the rendezvous (closed before rank 0 listens on it)
+        s_.bind(("127.0.0.1", 0))
+        port = s_.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rank0.pt")
+        mp.spawn(_ddp_worker, args=(args, port, per_rank, out), nprocs=args.ddp, join=True)
+        res = torch.load(out, weights_only=True)
+    pairs = args.captions * args.clips
+    slices = [shard_rows(args.captions, args.clips, args.tile_pairs, r, args.ddp) for r in range(args.ddp)]
+    print(f"# sharded exact scoring: {args.captions} captions x {args.clips} clips = {pairs:,} pairs, iterating "
+          f"width {args.width}, depth {args.depth}, fp32, tile_pairs={args.tile_pairs}, best of {args.repeats}")
+    print(f"caption slices per rank: {slices}; {os.cpu_count()} cores visible")
+    print("| setup | threads per process | seconds | pairs/s | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    rows = [("1 process", n, sec) for n, sec in one.items()] + [
+        (f"{args.ddp} processes (gloo, sharded)", per_rank, res["seconds"])]
+    for name, n_threads, sec in rows:
+        print(f"| {name} | {n_threads} | {sec:.2f} | {pairs / sec:,.1f} | {one[threads] / sec:.2f}x |")
+    same = torch.equal(res["scores"], ref)  # ref: 1 process at a rank's thread count
+    print("gathered matrix vs 1 process at the same threads per process: "
+          + ("bit-identical" if same else f"max abs diff {(res['scores'] - ref).abs().max().item():.2e}"))
     return 0
 
 

@@ -10,7 +10,9 @@ Evaluation: Lightning shards eval loaders with a ``DistributedSampler`` that pad
 with repeats of the first items. ``gather_eval`` gathers every rank's features, keeps each clip
 (and its captions) from the lowest rank that holds it, and sorts by ``clip_index``: the result is
 what one process collects, so the scores and metrics are those of one process. Every rank gets
-the full set (the scoring that follows runs on each rank; only rank 0 writes files).
+the full set; exact scoring is then sharded (``Retriever(..., sharded=True)``: each rank scores a
+slice of the captions, ``tiling.shard_rows``, and ``gather_no_grad`` joins the slices), so every
+rank holds the whole matrix; only rank 0 writes files.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """``Retriever``: the one place that decides how captions are scored against clips.
 
     cascade none          s = s_dual                                   one matrix product
-    mode: exact           s = s_pair on every (caption, clip) pair     N x M cascade passes (tiling.py)
+    mode: exact           s = s_pair on every (caption, clip) pair     N x M cascade passes (tiling.py);
+                          under DDP each rank scores a slice of captions (N x M / W passes)
     mode: rerank          s_dual shortlists K clips per caption and K captions per clip, the
                           cascade re-scores that union, the rest ranks below in dual order
                           (rerank.py)                                  <= K (N + M) passes
@@ -21,6 +22,7 @@ from typing import Literal
 
 import torch
 
+from coattn.distributed import gather_no_grad, rank_world
 from coattn.errors import ConfigError
 from coattn.features import SequenceFeatures
 from coattn.model import CoAttnModel
@@ -84,12 +86,18 @@ class Retriever:
 
     @torch.no_grad()
     def __call__(self, model: CoAttnModel, audio: SequenceFeatures, text: SequenceFeatures,
-                 both_directions: bool = True, progress: bool | None = None, fusion: float | None = None) -> Retrieval:
+                 both_directions: bool = True, progress: bool | None = None, fusion: float | None = None,
+                 sharded: bool = False) -> Retrieval:
         """Score every caption of ``text`` against every clip of ``audio`` (encoder outputs).
 
         ``both_directions=False``: text-to-audio only (search), so ``rerank`` shortlists clips only.
         ``fusion``: lambda for this call (default: the ``fusion`` field). The result's ``pair`` holds
         the pair scores before fusion (for the ``pair_*`` metrics).
+        ``sharded=True`` (DDP; every rank of the default process group must call it, each with all the
+        features): ``exact`` mode scores this rank's slice of captions (``tiling.shard_rows``: whole
+        tiles of the one-process tiling) against all clips and gathers the slices, so every rank
+        holds the matrix one process computes, bit for bit, for 1/W of the cascade passes. ``rerank`` (a few
+        % of exact) and the dual branch run whole on every rank. One process: no effect.
         """
         lam = float(fusion if fusion is not None else self.fusion if self.fusion is not None else model.fusion_lambda)
         dual = model.dual_scores(audio, text)
@@ -103,7 +111,12 @@ class Retriever:
             out = Retrieval(dual, dual, cost.as_dict(), compose(rescored, mask, dual), mask)
         else:
             n, m = dual.shape
-            pair = score_matrix(model, text_p, audio_p, self.tile_pairs, precision, progress)
+            rank, world = rank_world() if sharded else (0, 1)
+            if world > 1:
+                pair = gather_no_grad(score_matrix(model, text_p, audio_p, self.tile_pairs, precision, progress,
+                                                   shard=(rank, world)))
+            else:
+                pair = score_matrix(model, text_p, audio_p, self.tile_pairs, precision, progress)
             out = Retrieval(dual, dual, {"retrieval_mode": "exact", "cascade_passes": n * m,
                                          "cascade_passes_exact": n * m, "cascade_cost_fraction": 1.0}, pair)
         out.scores = out.fused(lam)

@@ -12,6 +12,7 @@ layer 1 of the ``iterating`` audio stream) runs once per clip tile of a grid; wh
 the pair loop, and why, is the cascade's business (coattn/coattention.py).
 
     score_matrix(model, text, audio)            (N, M): every caption x every clip
+    score_matrix(..., shard=(rank, world))      that rank's slice of caption rows (sharded evaluation)
     score_rows(model, text, audio, cols)        (N, R): caption i x clips cols[i, :] (re-ranking)
     score_pair_list(model, text, audio, ti, aj) (P,):   any pair list
 
@@ -50,6 +51,21 @@ def tile_shape(n_text: int, n_audio: int, tile_pairs: int) -> tuple[int, int]:
 def n_tiles(n_text: int, n_audio: int, tile_pairs: int) -> int:
     tn, tm = tile_shape(n_text, n_audio, tile_pairs)
     return math.ceil(n_text / tn) * math.ceil(n_audio / tm)
+
+
+def shard_rows(n_text: int, n_audio: int, tile_pairs: int, rank: int, world: int) -> tuple[int, int]:
+    """Captions [lo, hi) that ``rank`` of ``world`` scores in a sharded exact evaluation.
+
+    The slice is a run of whole caption tiles of the one-process tiling (``tile_shape`` of the
+    whole grid), tiles split as evenly as they divide: each rank runs exactly the tiles one process
+    would (same shapes, same kernels), so the gathered rows are bit-identical to one process's
+    matrix (a slice cut inside a tile changes the tile shapes and the float sums: 3e-8 off on the
+    features of tests/test_ddp_sharded_eval.py). A rank may get no rows (fewer tiles than ranks).
+    """
+    tn, _ = tile_shape(n_text, n_audio, tile_pairs)
+    tiles = math.ceil(n_text / tn)
+    t0, t1 = rank * tiles // world, (rank + 1) * tiles // world
+    return min(n_text, t0 * tn), min(n_text, t1 * tn)
 
 
 def autocast(device: torch.device, precision: Precision = "auto"):
@@ -155,10 +171,19 @@ def score(model: CoAttnModel, text: PreparedText, audio: PreparedAudio, cols: to
 
 
 def score_matrix(model: CoAttnModel, text: PreparedText, audio: PreparedAudio, tile_pairs: int = 16384,
-                 precision: Precision = "auto", progress: bool | None = None) -> torch.Tensor:
-    """(N captions, M clips) cosine scores of the co-attention branch, float32 on the features' device."""
-    clips = torch.arange(len(audio), device=audio.states.device)
-    return score(model, text, audio, clips, tile_pairs=tile_pairs, precision=precision, progress=progress)
+                 precision: Precision = "auto", progress: bool | None = None,
+                 shard: tuple[int, int] | None = None) -> torch.Tensor:
+    """(N captions, M clips) cosine scores of the co-attention branch, float32 on the features' device.
+
+    ``shard=(rank, world)``: only the captions ``shard_rows`` gives that rank, (hi - lo, M); the
+    caller gathers the slices in rank order (``coattn.distributed.gather_no_grad``)."""
+    device = audio.states.device
+    clips = torch.arange(len(audio), device=device)
+    rows = None
+    if shard is not None:
+        lo, hi = shard_rows(len(text), len(audio), tile_pairs, *shard)
+        rows = torch.arange(lo, hi, device=device)
+    return score(model, text, audio, clips, rows, tile_pairs=tile_pairs, precision=precision, progress=progress)
 
 
 def score_rows(model: CoAttnModel, text: PreparedText, audio: PreparedAudio, cols: torch.Tensor,

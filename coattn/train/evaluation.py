@@ -8,7 +8,8 @@ Every clip and every caption of a split is encoded once (``EvalAccumulator.add``
 the end of the epoch the features are gathered over ranks (sampler repeats removed, clip order:
 ``coattn.distributed.gather_eval``) and each caption is mapped to the row of its clip. Then:
 
-    validate / test   the ``Retriever`` scores all captions x all clips; metrics (and the dual
+    validate / test   the ``Retriever`` scores all captions x all clips (DDP: each rank a slice of the
+                      captions, gathered: the one-process matrix bit for bit); metrics (and the dual
                       branch's own mAP@10) are logged; ``test`` prints the table and writes
                       ``metrics.json``, ``scores.npz``, ``submission_t2a.csv`` and the DCASE 2025
                       ``submission_dcase2025.csv`` (coattn/results.py). Several loaders (data

@@ -185,7 +185,9 @@ class CoAttnRetrieval(pl.LightningModule):
         if c is None:
             return None
         auto = self.evaluation.fusion == "auto"
-        result = self.evaluation(self.model, c.audio, c.text, fusion=self.model.fusion_lambda if auto else None)
+        # sharded: under DDP each rank scores its slice of captions, every rank gets the whole matrix
+        result = self.evaluation(self.model, c.audio, c.text, fusion=self.model.fusion_lambda if auto else None,
+                                 sharded=True)
         if auto and stage == "val" and loader == 0 and result.pair is not None:  # choose lambda on the first
             # validation set, keep it in the model
             best = max(FUSION_GRID, key=lambda lam: aggregate(per_query_metrics(result.fused(lam), c.caption_clip))[

@@ -1,6 +1,6 @@
 """The paper's model at its real size on this CPU: a training step and an exact evaluation tile per
 cascade kind, with peak memory, the projected cost of Clotho's evaluation, and the memory levers
-(activation checkpointing, bf16 autocast, torch.compile) side by side at batch 32 (B x B pairs).
+(activation checkpointing and bf16 autocast at batch 32, B x B pairs; torch.compile at batch 8) side by side.
 
     python benchmarks/full_size.py                      # ~15 min on 2 cores; --quick: ~4 min
     python benchmarks/full_size.py --standins DIR       # reuse the stand-in files (benchmarks/standins.py)
@@ -15,7 +15,7 @@ share one; "peak" = the process's peak RSS, weights and optimizer state included
 the RSS the process held when the step began):
 
     step     one training step (forward, loss, backward, AdamW) on B clips x B captions: B^2 cascade
-             passes; timed: the second of two steps (the first allocates AdamW's state)
+             passes; timed: the second of two steps (the first allocates AdamW's state; B = 32 rows: one)
     tile     one exact evaluation tile: n captions x m clips scored by the engine (``score_matrix``),
              encoders timed per item; Clotho's evaluation (5,225 x 1,045) projected from both
     cascade  the cascade + heads + loss alone on encoder features (what checkpointing changes) at B = 32
@@ -160,14 +160,14 @@ def run_tile(row: dict, standins: Path) -> dict:
 
 
 def child(row: dict, standins: Path) -> None:
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 2)))
+    torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
     out = run_tile(row, standins) if row["what"] == "tile" else run_step(row, standins)
     print("ROW " + json.dumps({**row, **out}), flush=True)
 
 
-def measure(row: dict, standins: Path, timeout: int) -> dict:
+def measure(row: dict, standins: Path, timeout: int, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--standins", str(standins), "--row", json.dumps(row)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "BENCH_THREADS": str(threads),
            "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -185,18 +185,19 @@ def rows(args) -> list[dict]:
     for kind in kinds:
         out.append({"what": "step", "kind": kind, "batch": 4, "precision": "fp32"})
     out.append({"what": "step", "kind": "iterating", "batch": 4, "precision": "bf16"})
-    if not args.quick:
+    if args.batch8:
         out.append({"what": "step", "kind": "iterating", "batch": 8, "precision": "fp32"})
     for kind in kinds:
         out.append({"what": "tile", "kind": kind, "captions": 8, "clips": 32, "precision": "fp32"})
     out.append({"what": "tile", "kind": "iterating", "captions": 8, "clips": 32, "precision": "bf16"})
-    for precision in ("fp32", "bf16"):  # the levers at B = 32, cascade alone
-        for ckpt in (False, True):
+    for precision in ("fp32",) if args.quick else ("fp32", "bf16"):  # the levers at B = 32, cascade alone:
+        for ckpt in (False, True):  # one step each (1,024 pairs; AdamW's state is 0.3 GB of it)
             out.append({"what": "step", "kind": "iterating", "batch": 32, "precision": precision,
-                        "checkpointing": ckpt, "towers": False})
-    if args.compile:
-        out.append({"what": "step", "kind": "iterating", "batch": 32, "precision": "bf16", "towers": False,
-                    "compile": True, "steps": 3})
+                        "checkpointing": ckpt, "towers": False, "steps": 1})
+    if args.compile:  # eager vs compiled, cascade alone; the first step compiles, the third is timed
+        for compiled in (False, True):
+            out.append({"what": "step", "kind": "iterating", "batch": 8, "precision": "fp32", "towers": False,
+                        "compile": compiled, "steps": 3})
     if args.batch32:
         out.append({"what": "step", "kind": "iterating", "batch": 32, "precision": "bf16", "checkpointing": True})
     return out
@@ -212,10 +213,13 @@ def describe(r: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--standins", type=Path, default=Path("runs/standins"), help="where the stand-in files live")
-    ap.add_argument("--quick", action="store_true", help="iterating only, no B = 8 row")
+    ap.add_argument("--quick", action="store_true", help="iterating only, levers in fp32 only")
+    ap.add_argument("--batch8", action="store_true", help="add the full model at B = 8 (fp32)")
     ap.add_argument("--compile", action="store_true", help="add a torch.compile row (compiles for minutes)")
     ap.add_argument("--batch32", action="store_true", help="the full model at B = 32 (bf16 + checkpointing)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per row")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per row. 1 by default: on a shared "
+                    "2-core machine (load 6) 2 threads spin-wait; a cascade step took 13.2 s with 2, 4.3 s with 1")
     ap.add_argument("--row", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.row:
@@ -225,10 +229,10 @@ def main(argv=None) -> int:
     from standins import build as build_standins
     build_standins(args.standins)
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-          f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+          f"{os.cpu_count()} cores, torch {torch.__version__}, {args.threads} thread(s) per row", flush=True)
     results = []
     for row in rows(args):
-        r = measure(row, args.standins, args.timeout)
+        r = measure(row, args.standins, args.timeout, args.threads)
         results.append(r)
         if "error" in r:
             print(f"{describe(r)}: {r['error']}", flush=True)

@@ -86,7 +86,7 @@ def run_config(name: str, root: Path, standins: tuple[Path, Path], cwd: Path) ->
             f"--data.init_args.root={root}", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=8",
             "--data.init_args.num_workers=0", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
             "--trainer.num_sanity_val_steps=0", "--trainer.log_every_n_steps=1", "--model.evaluation.bootstrap=50"]
-    env = subprocess_env(OMP_NUM_THREADS=str(os.cpu_count() or 2))
+    env = subprocess_env()  # 1 thread (OMP_NUM_THREADS=1): on a shared 2-core machine 2 threads spin-wait, ~3x slower
     proc = subprocess.run([sys.executable, "-c", DRIVER, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=1200)
     report = [line for line in proc.stdout.splitlines() if line.startswith("FULL-SIZE")]

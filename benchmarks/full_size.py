@@ -246,7 +246,8 @@ def main(argv=None) -> int:
                   f"rerank K=64 <= {r['rerank_h']:.2f} h (encoders {r['encoders_min']:.1f} min); peak RSS "
                   f"{r['peak_gb']:.2f} GB, load {os.getloadavg()[0]:.1f}", flush=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print("\n| row | seconds | peak RSS GB | above start GB | Clotho exact h | rerank K=64 h |\n|---|---:|---:|---:|---:|---:|")
+    print("\n| row | seconds | peak RSS GB | above start GB | Clotho exact h | rerank K=64 h |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in results:
         if "error" in r:
             print(f"| {r['what']} {describe(r)} | {r['error']} | | | | |")

@@ -90,3 +90,14 @@ def test_bf16_training_step_keeps_the_loss_in_fp32():
     out["loss"].backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+def test_an_exported_model_does_not_carry_checkpointing():
+    """How a run trained is no part of an exported model's architecture (coattn/hub.py, TRAINING_ONLY)."""
+    from coattn.hub import component_config
+    from coattn.model import build_component
+
+    spec = {"class_path": "coattn.coattention.CoAttentionCascade",
+            "init_args": {"kind": "iterating", "depth": 1, "width": 32, "heads": 4, "ffn_dim": 64, "checkpointing": True}}
+    cascade = build_component(spec, CoAttentionCascade)
+    assert cascade.checkpointing and "checkpointing" not in component_config(cascade, "cascade")["init_args"]

@@ -2,7 +2,8 @@
 cascade kind, with peak memory, the projected cost of Clotho's evaluation, and the memory levers
 (activation checkpointing and bf16 autocast at batch 32, B x B pairs; torch.compile at batch 8) side by side.
 
-    python benchmarks/full_size.py                      # ~15 min on 2 cores; --quick: ~4 min
+    python benchmarks/full_size.py --compile            # ~13 min (1 thread, shared machine); --quick: fewer rows
+    python benchmarks/full_size.py --batch8 --batch32   # + the full model at B = 8 and 32 (~6 min, ~12 GB)
     python benchmarks/full_size.py --standins DIR       # reuse the stand-in files (benchmarks/standins.py)
 
 Model (experiments/*_{single,stacking,iterating}.yaml): HTS-AT tiny (31.3 M, the LAION-CLAP layout,
@@ -186,7 +187,7 @@ def rows(args) -> list[dict]:
         out.append({"what": "step", "kind": kind, "batch": 4, "precision": "fp32"})
     out.append({"what": "step", "kind": "iterating", "batch": 4, "precision": "bf16"})
     if args.batch8:
-        out.append({"what": "step", "kind": "iterating", "batch": 8, "precision": "fp32"})
+        out += [{"what": "step", "kind": "iterating", "batch": 8, "precision": p} for p in ("fp32", "bf16")]
     for kind in kinds:
         out.append({"what": "tile", "kind": kind, "captions": 8, "clips": 32, "precision": "fp32"})
     out.append({"what": "tile", "kind": "iterating", "captions": 8, "clips": 32, "precision": "bf16"})
@@ -198,8 +199,9 @@ def rows(args) -> list[dict]:
         for compiled in (False, True):
             out.append({"what": "step", "kind": "iterating", "batch": 8, "precision": "fp32", "towers": False,
                         "compile": compiled, "steps": 3})
-    if args.batch32:
-        out.append({"what": "step", "kind": "iterating", "batch": 32, "precision": "bf16", "checkpointing": True})
+    if args.batch32:  # the full model, bf16: ~11 GB without checkpointing (fp32 would need ~21 GB)
+        out += [{"what": "step", "kind": "iterating", "batch": 32, "precision": "bf16", "checkpointing": c, "steps": 1}
+                for c in (False, True)]
     return out
 
 
@@ -214,9 +216,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--standins", type=Path, default=Path("runs/standins"), help="where the stand-in files live")
     ap.add_argument("--quick", action="store_true", help="iterating only, levers in fp32 only")
-    ap.add_argument("--batch8", action="store_true", help="add the full model at B = 8 (fp32)")
+    ap.add_argument("--batch8", action="store_true", help="add the full model at B = 8 (fp32, bf16)")
     ap.add_argument("--compile", action="store_true", help="add a torch.compile row (compiles for minutes)")
-    ap.add_argument("--batch32", action="store_true", help="the full model at B = 32 (bf16 + checkpointing)")
+    ap.add_argument("--batch32", action="store_true", help="add the full model at B = 32 (bf16, checkpointing off "
+                    "and on; needs ~12 GB free)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per row")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per row. 1 by default: on a shared "
                     "2-core machine (load 6) 2 threads spin-wait; a cascade step took 13.2 s with 2, 4.3 s with 1")

@@ -98,6 +98,7 @@ def test_an_exported_model_does_not_carry_checkpointing():
     from coattn.model import build_component
 
     spec = {"class_path": "coattn.coattention.CoAttentionCascade",
-            "init_args": {"kind": "iterating", "depth": 1, "width": 32, "heads": 4, "ffn_dim": 64, "checkpointing": True}}
+            "init_args": {"kind": "iterating", "depth": 1, "width": 32, "heads": 4, "ffn_dim": 64,
+                          "checkpointing": True}}
     cascade = build_component(spec, CoAttentionCascade)
     assert cascade.checkpointing and "checkpointing" not in component_config(cascade, "cascade")["init_args"]

@@ -4,8 +4,9 @@ then `coattn test`, for experiments/clotho_iterating.yaml and experiments/audioc
 The pretrained parts are stand-ins with the real architectures and file layouts, random weights
 (benchmarks/standins.py): a LAION-CLAP checkpoint (HTS-AT tiny) and a roberta-base-sized folder
 with a BPE tokenizer trained on the real Clotho captions, pointed to by the configs' own keys. Only
-the data root, batch sizes, step limits, workers, logging interval and checkpoint writing are overridden (a full
-checkpoint with optimizer state is ~2.3 GB); precision stays the configs' bf16-mixed (CPU autocast).
+the data root, batch sizes, step limits, workers, logging interval and checkpoint writing are
+overridden (a full checkpoint with optimizer state is ~2.3 GB); precision stays the configs'
+bf16-mixed (CPU autocast).
 Each config runs in one subprocess that prints its peak RSS and the time of one training step.
 The test asserts behaviour (it trains, the loss is finite, the files are written), never time.
 """
@@ -34,7 +35,7 @@ AUDIOCAPS = SHARED_DATA / "audiocaps" / "v1"
 # Runs `coattn fit` then `coattn test --untrained true` in this one process; prints peak RSS and the
 # wall time between the first two optimizer steps (one full training step: data, forward, backward, AdamW).
 DRIVER = """
-import os, resource, sys, time, torch
+import os, resource, sys, time
 from torch.optim.optimizer import register_optimizer_step_post_hook
 steps = []
 register_optimizer_step_post_hook(lambda *a: steps.append(time.perf_counter()))
@@ -57,7 +58,7 @@ sys.exit(rc)
 
 @pytest.fixture(scope="session")
 def standins(tmp_path_factory) -> tuple[Path, Path]:
-    """(LAION-CLAP checkpoint, roberta-base folder), random weights, real layouts: built once (~1.3 GB)."""
+    """(LAION-CLAP checkpoint, roberta-base folder), random weights, real layouts: built once (1.1 GB)."""
     if not CLOTHO.is_dir():
         pytest.fail(f"the real Clotho files are missing: {CLOTHO}")
     sys.path.insert(0, str(REPO / "benchmarks"))

@@ -77,8 +77,9 @@ def no_checkpoint_overlay(config: Path, out: Path) -> Path:
     return out
 
 
-def run_config(name: str, root: Path, standins: tuple[Path, Path], cwd: Path) -> Path:
-    """fit + test of experiments/<name> in one subprocess; returns its run folder."""
+def run_config(name: str, root: Path, standins: tuple[Path, Path], cwd: Path, capsys) -> Path:
+    """fit + test of experiments/<name> in one subprocess; prints its report (even without -s); returns its
+    run folder."""
     clap, roberta = standins
     config = REPO / "experiments" / name
     args = ["--config", str(config), "--config", str(no_checkpoint_overlay(config, cwd / "no_ckpt.yaml")),
@@ -90,7 +91,8 @@ def run_config(name: str, root: Path, standins: tuple[Path, Path], cwd: Path) ->
     proc = subprocess.run([sys.executable, "-c", DRIVER, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=1200)
     report = [line for line in proc.stdout.splitlines() if line.startswith("FULL-SIZE")]
-    print(f"\n{name}: {report[-1] if report else 'no report'}")
+    with capsys.disabled():
+        print(f"\n{name}: {report[-1] if report else 'no report'}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return cwd / "runs" / name[:-5]
 
@@ -109,7 +111,7 @@ def check_run(run: Path, n_captions: int, n_clips: int) -> None:
     assert (out / "submission_t2a.csv").is_file()
 
 
-def test_clotho_iterating_full_size(standins, tmp_path):
+def test_clotho_iterating_full_size(standins, tmp_path, capsys):
     """The 7 real Clotho evaluation clips with their real caption rows, as every split."""
     clips = sorted(p.name for p in (CLOTHO / "audio_sample").glob("*.wav"))
     with open(CLOTHO / "clotho_captions_evaluation.csv", newline="", encoding="utf-8") as f:
@@ -124,11 +126,11 @@ def test_clotho_iterating_full_size(standins, tmp_path):
             shutil.copy(CLOTHO / "audio_sample" / name, root / folder / name)
         with open(root / f"clotho_captions_{folder}.csv", "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows([header, *rows])
-    run = run_config("clotho_iterating.yaml", root, standins, tmp_path)
+    run = run_config("clotho_iterating.yaml", root, standins, tmp_path, capsys)
     check_run(run, 35, 7)
 
 
-def test_audiocaps_iterating_full_size(standins, tmp_path):
+def test_audiocaps_iterating_full_size(standins, tmp_path, capsys):
     """8 training clips (1 caption each) and 2 + 2 evaluation clips (5 captions each) under their real
     AudioCaps ids and CSV rows; the audio is synthesised (10 s, 32 kHz)."""
     root = tmp_path / "audiocaps"
@@ -152,5 +154,5 @@ def test_audiocaps_iterating_full_size(standins, tmp_path):
             wave = 0.2 * np.sin(2 * np.pi * (220 + 55 * i) * t) + 0.05 * rng.standard_normal(len(t))
             (root / "audio" / split).mkdir(exist_ok=True)
             sf.write(root / "audio" / split / f"{yid}.wav", wave.astype(np.float32), 32000)
-    run = run_config("audiocaps_iterating.yaml", root, standins, tmp_path)
+    run = run_config("audiocaps_iterating.yaml", root, standins, tmp_path, capsys)
     check_run(run, 10, 2)

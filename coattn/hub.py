@@ -18,10 +18,11 @@ Why "architecture only": the folder must load on any machine. Init arguments tha
 files (``ClapAudioEncoder.checkpoint``, ``HFTextEncoder.clap_checkpoint``, ``CoAttnModel.clap_checkpoint``)
 become null, because model.safetensors holds those weights; ``HFTextEncoder.model`` becomes the
 folder's ``text_encoder/`` with ``pretrained: false`` (the network is built from the saved config,
-its weights come from the safetensors); ``freeze``, a choice of how a run trained, is dropped. The
-configuration of each component is the one it was built from (``coattn.model.build_component``
-records it), so a model loaded with ``from_checkpoint`` or ``from_pretrained`` can be saved; one
-assembled from modules built in Python cannot (its modules do not know their arguments).
+its weights come from the safetensors); ``freeze`` and the cascade's ``checkpointing``, choices of how
+a run trained, are dropped. The configuration of each component is the one it was built from
+(``coattn.model.build_component`` records it), so a model loaded with ``from_checkpoint`` or
+``from_pretrained`` can be saved; one assembled from modules built in Python cannot (its modules do not
+know their arguments).
 Loading is strict: a weight missing from the file or left over is an error, where the mixin's own
 default (``strict=False``) would hide it.
 """
@@ -51,7 +52,7 @@ TOKENIZER_FILE = "tokenizer.json"
 TEXT_FOLDER = "text_encoder"
 COMPONENTS = ("audio_encoder", "text_encoder", "cascade")
 WEIGHT_PATHS = {ClapAudioEncoder: ("checkpoint",), HFTextEncoder: ("clap_checkpoint",)}  # -> null
-TRAINING_ONLY = ("freeze",)  # dropped: how a run trained, not what the model is
+TRAINING_ONLY = ("freeze", "checkpointing")  # dropped: how a run trained, not what the model is
 HUB_METADATA = {  # PyTorchModelHubMixin class arguments: the card's template and front matter
     "model_card_template": MODEL_CARD,
     "library_name": "coattn",

@@ -88,6 +88,12 @@ def nt_xent(logits: torch.Tensor, row_clip: torch.Tensor, col_clip: torch.Tensor
     return 0.5 * (loss_t2a + loss_a2t)
 
 
+def fp32_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` in float32 even under autocast (bf16-mixed training): the logits the loss reads."""
+    with torch.autocast(a.device.type, enabled=False):
+        return a.float() @ b.float().t()
+
+
 # ---------------------------------------------------------------------------------------------- DDP
 def global_nt_xent(text: torch.Tensor, audio: torch.Tensor, scale: torch.Tensor, caption_clip: torch.Tensor,
                    clip_ids: torch.Tensor) -> torch.Tensor:
@@ -113,14 +119,14 @@ def global_nt_xent(text: torch.Tensor, audio: torch.Tensor, scale: torch.Tensor,
     """
     rank, world = rank_world()
     if world == 1:
-        return nt_xent((text @ audio.t()) * scale, caption_clip, clip_ids)
+        return nt_xent(fp32_similarity(text, audio) * scale, caption_clip, clip_ids)
     all_audio, sizes = gather_with_grad(audio)
     all_text, _ = gather_with_grad(text)
     all_clip, all_caption_clip = gather_no_grad(clip_ids), gather_no_grad(caption_clip)
     total = sum(sizes)
     targets = sum(sizes[:rank]) + torch.arange(text.shape[0], device=text.device)
-    t2a = ((text @ all_audio.t()) * scale).float()
-    a2t = ((audio @ all_text.t()) * scale).float()
+    t2a = fp32_similarity(text, all_audio) * scale
+    a2t = fp32_similarity(audio, all_text) * scale
     t2a = t2a.masked_fill(same_clip_mask(caption_clip, all_clip, targets), float("-inf"))
     a2t = a2t.masked_fill(same_clip_mask(clip_ids, all_caption_clip, targets), float("-inf"))
     ce = F.cross_entropy(t2a, targets, reduction="sum") + F.cross_entropy(a2t, targets, reduction="sum")

@@ -52,8 +52,8 @@ class Projection(nn.Module):
         else:
             self.proj = nn.Linear(in_dim, out_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.proj(self.norm(x)), dim=-1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # normalised in fp32 (bf16 autocast: cosines to ~1e-3)
+        return F.normalize(self.proj(self.norm(x)).float(), dim=-1)
 
 
 class InputProjection(nn.Module):
@@ -166,7 +166,7 @@ class CoAttnModel(nn.Module, PyTorchModelHubMixin, **hub.HUB_METADATA):
             t = (self.pair_text(t) if text.embedding is None else text.embedding[rows])[:, None, :]
         else:
             t = self.pair_text(t)
-        return (t.to(a.dtype) * a).sum(-1)
+        return (t.float() * a.float()).sum(-1)  # fp32 cosines: the loss divides them by tau = 0.07
 
     def score_pairs(self, text: PreparedText, ti: torch.Tensor, audio: PreparedAudio, aj: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of the P pairs (caption ti[p], clip aj[p]) after co-attention: (P,)."""

@@ -17,8 +17,8 @@ the pair loop, and why, is the cascade's business (coattn/coattention.py).
     score_pair_list(model, text, audio, ti, aj) (P,):   any pair list
 
 All return float32 on the features' device, equal to ``model.score_grid`` / ``model.score_pairs``
-up to floating-point rounding (tests/test_scoring_engine.py). Precision: fp32 on CPU; on CUDA
-``precision="auto"`` autocasts to bf16 (``"fp16"`` and ``"fp32"`` on request).
+up to floating-point rounding (tests/test_scoring_engine.py). Precision: ``"auto"`` is fp32 on CPU and
+bf16 autocast on CUDA; ``"bf16"``, ``"fp16"`` and ``"fp32"`` apply on any device.
 """
 from __future__ import annotations
 
@@ -69,10 +69,11 @@ def shard_rows(n_text: int, n_audio: int, tile_pairs: int, rank: int, world: int
 
 
 def autocast(device: torch.device, precision: Precision = "auto"):
-    """bf16 (``auto``/``bf16``) or fp16 autocast on CUDA; nothing (fp32) elsewhere."""
-    if device.type != "cuda" or precision == "fp32":
+    """``auto``: bf16 autocast on CUDA, nothing (fp32) elsewhere; ``bf16`` / ``fp16``: that autocast on any
+    device (CPUs with AMX run bf16 matmuls fast); ``fp32``: nothing."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+    return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
 def uses_fast_path(model: CoAttnModel, text: PreparedText | None = None) -> bool:

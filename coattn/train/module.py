@@ -157,8 +157,13 @@ class CoAttnRetrieval(pl.LightningModule):
         return out["loss"]
 
     # ---- evaluation: encode once, score everything ------------------------------------------------
+    def _encode_for_epoch(self, batch: Batch) -> tuple[SequenceFeatures, SequenceFeatures]:
+        """``encode`` at the weights' dtype: under ``trainer.precision: bf16-mixed`` the steps run in autocast
+        (bf16 features) but the epoch-end scoring, probe and callbacks do not."""
+        return tuple(f.to(f.states.device, self.dtype) for f in self.encode(batch))
+
     def _collect(self, batch: Batch, dataloader_idx: int = 0) -> None:
-        self._collected.add(batch, *self.encode(batch), loader=dataloader_idx)
+        self._collected.add(batch, *self._encode_for_epoch(batch), loader=dataloader_idx)
 
     @override
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -235,7 +240,7 @@ class CoAttnRetrieval(pl.LightningModule):
     @override
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> dict:
         """Encode one batch, keep its features for the epoch's files, return its dual embeddings."""
-        audio, text = self.encode(batch)
+        audio, text = self._encode_for_epoch(batch)
         self._collected.add(batch, audio, text, loader=dataloader_idx)
         return {"clip_embeddings": self.model.dual_embed_audio(audio).float().cpu(),
                 "caption_embeddings": self.model.dual_embed_text(text).float().cpu(),

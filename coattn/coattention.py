@@ -177,7 +177,8 @@ class SGA(nn.Module):
         return self.norm1(x + self.drop(self.self_attn(x, x, mask)))
 
     def attend_guide(self, x: torch.Tensor, guide: torch.Tensor | None, guide_mask: torch.Tensor,
-                     kv: tuple[torch.Tensor, torch.Tensor] | None = None, q: torch.Tensor | None = None) -> torch.Tensor:
+                     kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     q: torch.Tensor | None = None) -> torch.Tensor:
         x = self.norm2(x + self.drop(self.guided_attn(x, guide, guide_mask, kv=kv, q=q)))
         return self.norm3(x + self.drop(self.ffn(x)))
 

@@ -176,7 +176,8 @@ class RetrievalLoss:
 
     def __post_init__(self) -> None:
         if self.pair_negatives not in ("local", "global", "hard"):
-            raise ConfigError(f"model.loss.pair_negatives must be 'local', 'global' or 'hard', got {self.pair_negatives!r}")
+            raise ConfigError(f"model.loss.pair_negatives must be 'local', 'global' or 'hard', "
+                              f"got {self.pair_negatives!r}")
         if self.pair_k < 0 or self.pair_random < 0 or self.pair_k + self.pair_random < 1:
             raise ConfigError(f"model.loss.pair_k and pair_random must be >= 0 with at least one negative, got "
                               f"{self.pair_k}, {self.pair_random}")
@@ -218,7 +219,8 @@ def _all_columns(scores: torch.Tensor, invalid: torch.Tensor, targets: torch.Ten
     return torch.cat([scores[rows, targets][:, None], scores.masked_fill(banned, float("-inf"))], 1)
 
 
-def pair_logits(cfg: RetrievalLoss, model, text_p, audio_p, audio: SequenceFeatures, dual_t: torch.Tensor, dual_a: torch.Tensor,
+def pair_logits(cfg: RetrievalLoss, model, text_p, audio_p, audio: SequenceFeatures, dual_t: torch.Tensor,
+                dual_a: torch.Tensor,
                 caption_clip: torch.Tensor, clip_ids: torch.Tensor, col_clip: torch.Tensor,
                 targets: torch.Tensor | None, captions: list[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The pair term's scaled logits, positive in column 0 and impossible entries -inf: t2a (B, C) rows

@@ -200,7 +200,8 @@ class CoAttnModel(nn.Module, PyTorchModelHubMixin, **hub.HUB_METADATA):
         missing = [n for n in ("audio_encoder", "text_encoder", "cascade") if n not in hparams]
         if missing:
             raise CheckpointError(f"{str(path)!r} stores no model configuration ({missing} missing from its "
-                                  "hyper-parameters): load it with the config it was trained with (`coattn test --config`)")
+                                  "hyper-parameters): load it with the config it was trained with "
+                                  "(`coattn test --config`)")
         try:
             kwargs = {n: build_component(hparams[n], _COMPONENT_BASES.get(n)) for n in names if n in hparams}
             model = cls(**kwargs)

@@ -168,7 +168,7 @@ def test_per_file_links_are_rejected_saying_why_and_how(tmp_path, caplog):
 
 
 def test_a_linked_folder_works_without_the_option(tmp_path):
-    root = _pool_dataset(tmp_path)
+    _pool_dataset(tmp_path)
     linked = tmp_path / "linked"
     linked.mkdir()
     os.symlink(tmp_path / "pool", linked / "development")  # the folder is the link, the files are real

@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 
 import pytest
 import torch
 
 from coattn.cli import main
-from tests.reliability_helpers import (coattn_cmd, one_thread, read_metrics, run_until_marker, subprocess_env,
-                                       tiny_fit_args)
+from tests.reliability_helpers import one_thread, read_metrics, run_until_marker, tiny_fit_args
 
 EPOCHS = 3
 

@@ -40,7 +40,8 @@ def load_clap_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     obj = load_checkpoint(path, numpy_scalars=True, hint=HOW_TO_GET)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{str(path)!r} holds no state dict of tensors (top level: {type(obj).__name__}). {HOW_TO_GET}")
+        raise CheckpointError(f"{str(path)!r} holds no state dict of tensors (top level: {type(obj).__name__}). "
+                              f"{HOW_TO_GET}")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
 
 

@@ -46,7 +46,8 @@ def table(items: list[dict]) -> str:
         pair_ratio = "-" if pair is None else f"{pair / ref:.2f}"
         lines.append(f"| {it['name']} | {_pct(m.get('t2a_mAP@10'))} | {ci} | {_pct(m.get('t2a_R@1'))} | "
                      f"{_pct(m.get('t2a_R@5'))} | {_pct(m.get('t2a_R@10'))} | {_pct(m.get('a2t_mAP@10'))} | "
-                     f"{m.get('t2a_mAP@10', float('nan')) / ref:.2f} | {_pct(pair)} | {pair_ratio} | {'-' if lam is None else f'{lam:g}'} | {order} |")
+                     f"{m.get('t2a_mAP@10', float('nan')) / ref:.2f} | {_pct(pair)} | {pair_ratio} | "
+                     f"{'-' if lam is None else f'{lam:g}'} | {order} |")
     return "\n".join(lines)
 
 

@@ -229,7 +229,8 @@ def write_predictions(out: Path, c: Collected, model) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"embeddings": out / "embeddings.npz", "features": out / "features.npz"}
     atomic_write_bytes(paths["embeddings"], _npz_bytes({
-        "clip_embeddings": np_(model.dual_embed_audio(c.audio)), "caption_embeddings": np_(model.dual_embed_text(c.text)),
+        "clip_embeddings": np_(model.dual_embed_audio(c.audio)),
+        "caption_embeddings": np_(model.dual_embed_text(c.text)),
         "fnames": np.array(c.fnames, dtype=str), "captions": np.array(c.captions, dtype=str),
         "caption_clip": c.caption_clip.cpu().numpy(), "clip_index": c.clip_index.cpu().numpy()}))
     atomic_write_bytes(paths["features"], _npz_bytes({

@@ -171,7 +171,8 @@ class FeatureCache:
             raise RuntimeError(f"feature cache {store.root}: {len(absent)} clips still missing after the build "
                                f"(e.g. {absent[:3]}); did a rank fail?")
         if missing:
-            log.info("feature cache: %d/%d %s clips encoded into %s", len(missing), len(first), name or split.name, store.root)
+            log.info("feature cache: %d/%d %s clips encoded into %s", len(missing), len(first), name or split.name,
+                     store.root)
         return keys
 
     def ensure_text(self, captions: Sequence[str], comm: _Comm | None = None, name: str = "") -> None:

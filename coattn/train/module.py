@@ -122,7 +122,8 @@ class CoAttnRetrieval(pl.LightningModule):
     def encode(self, batch: Batch) -> tuple[SequenceFeatures, SequenceFeatures]:
         """Audio and text features of a batch: the cached ones when present, else the encoders'."""
         m = self.model
-        audio = m.encode_audio(batch.audio, batch.audio_lengths) if batch.audio_features is None else batch.audio_features
+        audio = (m.encode_audio(batch.audio, batch.audio_lengths) if batch.audio_features is None
+                 else batch.audio_features)
         text = m.encode_text(batch.captions) if batch.text_features is None else batch.text_features
         return audio, text
 

@@ -29,7 +29,8 @@ def warm_start(model, path: str | os.PathLike) -> int:
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"model.init_from {str(path)!r} is not a checkpoint of `coattn fit` (no 'state_dict')")
-    theirs = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.") and k[len("model."):].startswith(PARTS)}
+    theirs = {k[len("model."):]: v for k, v in state.items()
+              if k.startswith("model.") and k[len("model."):].startswith(PARTS)}
     own = {k: v for k, v in model.state_dict().items() if k.startswith(PARTS)}
     missing = sorted(set(own) - set(theirs))
     shapes = [f"{k}: checkpoint {tuple(theirs[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()

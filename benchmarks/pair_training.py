@@ -1,7 +1,7 @@
 """Pair-training benchmark: B x B in-batch pairs vs hard-K mining, peak memory and step time.
 
-    python benchmarks/pair_training.py                          # B = 16, 64, 256, the paper's cascade, CPU
-    python benchmarks/pair_training.py --width 64 --depth 2     # the demo's cascade
+    python benchmarks/pair_training.py                          # B = 16, 64, 256, the demo's cascade, CPU
+    python benchmarks/pair_training.py --width 512 --depth 5 --heads 8 --checkpointing   # the paper's cascade
     python benchmarks/pair_training.py --device cuda            # on a GPU (peak = torch.cuda.max_memory_allocated)
 
 One training step (forward, loss, backward) of ``coattn.loss.RetrievalLoss`` on random encoder
@@ -9,9 +9,9 @@ features (L = 32 tokens, T = 32 frames, 768-d: the towers do not run, their cost
 the pair mode) with ``pair_negatives: local`` (every caption x every clip: B^2 cascade passes) and
 ``pair_negatives: hard`` (each caption against its clip + K hardest + R random clips, each clip
 against its caption + K + R captions: 2 B (1 + K + R) passes). Every point runs in its own process
-under a memory cap (``--mem-gb``, RLIMIT_AS on CPU): a point that does not fit reports ``OOM``
-instead of taking the machine down. Peak memory on CPU is the child's max RSS minus its RSS before
-the step (the model and the features). The machine's load average is printed before and after:
+under a memory cap (``--mem-gb`` of address space beyond what the process holds once the model and
+features are built; RLIMIT_AS on CPU): a point that does not fit reports ``OOM`` instead of taking
+the machine down. Peak memory on CPU is the child's max RSS minus its RSS before the first step. The machine's load average is printed before and after:
 on a shared machine only the ratios of one run mean anything.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def child(a: argparse.Namespace) -> dict:
     device = torch.device(a.device)
     torch.manual_seed(0)
     cascade = CoAttentionCascade("iterating", depth=a.depth, width=a.width, heads=a.heads, ffn_dim=4 * a.width,
-                                 dropout=0.0, positions="relative")
+                                 dropout=0.0, positions="relative", checkpointing=a.checkpointing)
     model = CoAttnModel(Enc(a.enc_dim), Enc(a.enc_dim), cascade, embed_dim=a.embed_dim).to(device).train()
     b = a.batch
 
@@ -68,11 +68,15 @@ def child(a: argparse.Namespace) -> dict:
         opt.step()
         return float(loss)
 
-    step()  # warm-up (allocator, AdamW state)
+    if device.type == "cpu":  # the cap: what the process holds now + mem_gb of address space
+        with open("/proc/self/status") as f:
+            vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        cap = vm + int(a.mem_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()  # warm-up (allocator, AdamW state); its peak counts
     if device.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     for _ in range(a.steps):
         t0 = time.perf_counter()
@@ -92,7 +96,7 @@ def run_point(a: argparse.Namespace, mode: str, batch: int) -> dict:
     args = [sys.executable, os.path.abspath(__file__), "--child", "--mode", mode, "--batch", str(batch),
             "--device", a.device, "--width", str(a.width), "--depth", str(a.depth), "--heads", str(a.heads),
             "--enc-dim", str(a.enc_dim), "--embed-dim", str(a.embed_dim), "--k", str(a.k), "--r", str(a.r),
-            "--steps", str(a.steps), "--mem-gb", str(a.mem_gb)]
+            "--steps", str(a.steps), "--mem-gb", str(a.mem_gb)] + (["--checkpointing"] if a.checkpointing else [])
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     try:
         p = subprocess.run(args, capture_output=True, text=True, env=env, timeout=a.timeout)
@@ -109,28 +113,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--depth", type=int, default=5)
-    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing of the cascade layers")
     p.add_argument("--enc-dim", type=int, default=768)
-    p.add_argument("--embed-dim", type=int, default=512)
+    p.add_argument("--embed-dim", type=int, default=128)
     p.add_argument("--k", type=int, default=8, help="hard negatives per caption and per clip")
     p.add_argument("--r", type=int, default=8, help="random negatives per caption and per clip")
     p.add_argument("--steps", type=int, default=2, help="timed steps per point (the fastest is reported)")
-    p.add_argument("--mem-gb", type=float, default=16.0, help="memory cap of each point (CPU: address space)")
+    p.add_argument("--mem-gb", type=float, default=8.0, help="memory cap of each point (CPU: address space)")
     p.add_argument("--timeout", type=int, default=900, help="seconds per point")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="local", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=16, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        if a.device == "cpu":
-            cap = int(a.mem_gb * 2**30)
-            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         print(json.dumps(child(a)))
         return
     print(f"pair training: iterating cascade width {a.width}, depth {a.depth}, {a.enc_dim}-d features, 32 tokens x "
-          f"32 frames, hard = K {a.k} + R {a.r}, device {a.device}, cap {a.mem_gb:g} GiB")
+          f"32 frames, hard = K {a.k} + R {a.r}, checkpointing {a.checkpointing}, device {a.device}, cap {a.mem_gb:g} GiB")
     print(f"load average before: {load()}")
     print("| B | mode | cascade passes | step (s) | peak memory (GiB) | passes/s |")
     print("|---:|---|---:|---:|---:|---:|")

@@ -5,7 +5,7 @@
 # t2a mAP@10, the dual branch, the order probe), docs/ablations/mechanism.py tabulates them.
 #   coattn synth data/demo --seed 0
 #   coattn fit --config experiments/demo_dual.yaml                    # stage 1 -> runs/demo_dual
-#   bash docs/ablations/run_mechanism.sh                              # ~5 min a variant on 2 idle cores
+#   bash docs/ablations/run_mechanism.sh                              # a few minutes a variant on 2 idle cores
 #   python docs/ablations/mechanism.py runs/mechanism
 set -euo pipefail
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
@@ -13,12 +13,14 @@ COATTN=${COATTN:-coattn}
 OUT=${OUT:-runs/mechanism}
 STAGE1=${STAGE1:-runs/demo_dual/checkpoints/best.ckpt}
 SEEDS=${SEEDS:-0}
+ONLY=${ONLY:-}   # e.g. ONLY="positions_none no_caption_negatives": run only these variants
 CFG=experiments/demo.yaml
 C=--model.cascade.init_args
 L=--model.loss
 
 variant() {  # $1 name, rest: overrides of demo.yaml. A finished variant (metrics.json) is skipped.
   local name=$1; shift
+  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   for seed in $SEEDS; do
     local dir="$OUT/$name/seed$seed"
     [ -f "$dir/results/test/metrics.json" ] && continue
@@ -31,15 +33,16 @@ variant() {  # $1 name, rest: overrides of demo.yaml. A finished variant (metric
 }
 mkdir -p "$OUT"
 variant recipe
-variant positions_none $C.positions=none $L.time_negatives=false
+variant positions_none $C.positions=none
 variant no_caption_negatives $L.caption_negatives=false
-variant no_time_negatives $L.time_negatives=false
-variant bxb_random $L.pair_negatives=local
-variant hard_k0 $L.pair_k=0
+variant time_negatives $L.time_negatives=true
+variant hard_k8 $L.pair_negatives=hard              # K 8 hardest + R 8 random instead of B x B
+variant random_16 $L.pair_negatives=hard $L.pair_k=0 $L.pair_random=16   # as many passes as hard_k8, random only
 variant single $C.kind=single
 variant stacking $C.kind=stacking
 variant depth1 $C.depth=1
 variant depth4 $C.depth=4
-variant width128 $C.width=128 $C.ffn_dim=256
+variant width64 $C.width=64 $C.ffn_dim=128
 variant temperature_0.05 --model.temperature=0.05 --model.learn_temperature=false
+variant no_fusion --model.evaluation.fusion=0.0   # the pair score alone (also in every run's metrics.json)
 echo "mechanism study done: $OUT (python docs/ablations/mechanism.py $OUT)"

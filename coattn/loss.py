@@ -257,9 +257,8 @@ def pair_logits(cfg: RetrievalLoss, model, text_p, audio_p, audio: SequenceFeatu
             owner = torch.tensor(owners, device=dev)
             s = model.score_pairs(model.prepare_text(model.encode_text(texts)), torch.arange(len(texts), device=dev),
                                   audio_p, targets[owner]) * scale
-            slot = torch.zeros_like(owner)
-            for j in range(1, len(owners)):  # position of each variant among its owner's variants
-                slot[j] = slot[j - 1] + 1 if owners[j] == owners[j - 1] else 0
+            # position of each variant among its owner's (owners ascend): index minus the owner's first index
+            slot = torch.arange(len(owners), device=dev) - torch.searchsorted(owner, owner)
             table = torch.full((b, int(slot.max()) + 1), float("-inf"), device=dev, dtype=s.dtype)
             table[owner, slot] = s
             extra_a2t.append(table)

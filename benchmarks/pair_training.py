@@ -11,7 +11,8 @@ the pair mode) with ``pair_negatives: local`` (every caption x every clip: B^2 c
 against its caption + K + R captions: 2 B (1 + K + R) passes). Every point runs in its own process
 under a memory cap (``--mem-gb`` of address space beyond what the process holds once the model and
 features are built; RLIMIT_AS on CPU): a point that does not fit reports ``OOM`` instead of taking
-the machine down. Peak memory on CPU is the child's max RSS minus its RSS before the first step. The machine's load average is printed before and after:
+the machine down. Peak memory on CPU is the child's max RSS minus its RSS before the first step.
+The machine's load average is printed before and after:
 on a shared machine only the ratios of one run mean anything.
 """
 from __future__ import annotations
@@ -132,7 +133,8 @@ def main() -> None:
         print(json.dumps(child(a)))
         return
     print(f"pair training: iterating cascade width {a.width}, depth {a.depth}, {a.enc_dim}-d features, 32 tokens x "
-          f"32 frames, hard = K {a.k} + R {a.r}, checkpointing {a.checkpointing}, device {a.device}, cap {a.mem_gb:g} GiB")
+          f"32 frames, hard = K {a.k} + R {a.r}, checkpointing {a.checkpointing}, device {a.device}, "
+          f"cap {a.mem_gb:g} GiB")
     print(f"load average before: {load()}")
     print("| B | mode | cascade passes | step (s) | peak memory (GiB) | passes/s |")
     print("|---:|---|---:|---:|---:|---:|")

@@ -20,7 +20,8 @@ class LogFriendlyProgressBar(TQDMProgressBar):
         refresh_rate: steps between updates in a terminal.
         log_refresh_rate: steps between updates when not in a terminal.
         log_interval_s: minimum seconds between updates when not in a terminal.
-        interactive: force terminal (True) or log (False) behaviour; default: ``sys.stdout.isatty()`` (the bars' stream).
+        interactive: force terminal (True) or log (False) behaviour; default: ``sys.stdout.isatty()``
+            (the bars' stream).
         epoch_summary: print one line of metrics per epoch when not in a terminal.
     """
 

@@ -116,8 +116,8 @@ class RetrievalExamples(Callback):
 
     def _write_files(self, out: Path, stem: str, rows: list[dict], stage: str, epoch: int) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{stem}.json").write_text(json.dumps({"stage": stage, "epoch": epoch, "queries": rows}, indent=2) + "\n",
-                                          encoding="utf-8")
+        (out / f"{stem}.json").write_text(json.dumps({"stage": stage, "epoch": epoch, "queries": rows}, indent=2)
+                                          + "\n", encoding="utf-8")
         lines = [f"# Retrieval examples: {stage}, epoch {epoch}", ""]
         for q in rows:
             lines += [f"## \"{q['query']}\"", "", f"true clip `{q['true_fname']}` at rank {q['true_rank']}", "",

@@ -46,7 +46,8 @@ def read_paraphrase_jsonl(path: str | Path, strict: bool = False) -> dict[str, l
                     raise TypeError("caption must be a string and paraphrases a list")
             except (ValueError, KeyError, TypeError) as exc:
                 if strict:
-                    raise ValueError(f"{path}: line {n} is not a {{\"caption\", \"paraphrases\"}} object: {exc}") from None
+                    raise ValueError(f"{path}: line {n} is not a {{\"caption\", \"paraphrases\"}} "
+                                     f"object: {exc}") from None
                 log.warning("%s: skipping line %d (%s)", path, n, exc)
                 continue
             known = out.setdefault(caption, [])

@@ -47,7 +47,8 @@ def wave() -> torch.Tensor:
 def write_official(path, audio_sd, text_sd=None, extra=None):
     """Write a checkpoint in LAION-CLAP's released layout (DDP ``module.`` prefix, projections, epoch)."""
     sd = {f"module.audio_branch.{k}": v for k, v in audio_sd.items()}
-    sd.update({f"module.text_branch.{k}": v for k, v in (text_sd or {"embeddings.word_embeddings.weight": torch.zeros(4, 2)}).items()})
+    sd.update({f"module.text_branch.{k}": v
+               for k, v in (text_sd or {"embeddings.word_embeddings.weight": torch.zeros(4, 2)}).items()})
     sd["module.audio_projection.0.weight"] = torch.zeros(512, 256)
     sd["module.logit_scale_a"] = torch.tensor(2.0)
     obj = {"epoch": 45, "name": "test", "state_dict": sd}
@@ -59,7 +60,8 @@ def write_official(path, audio_sd, text_sd=None, extra=None):
 # --- audio -------------------------------------------------------------------------------------
 
 def test_presets():
-    assert {k: v.out_dim for k, v in AUDIO_CONFIGS.items()} == {"HTSAT-tiny": 768, "HTSAT-base": 1024, "HTSAT-mini": 256}
+    assert ({k: v.out_dim for k, v in AUDIO_CONFIGS.items()}
+            == {"HTSAT-tiny": 768, "HTSAT-base": 1024, "HTSAT-mini": 256})
     with pytest.raises(ValueError, match="HTSAT-tiny"):
         ClapAudioEncoder("HTSAT-huge")
 
@@ -145,7 +147,8 @@ def test_clap_checkpoint_protocol4_numpy_scalars(mini, tmp_path):
     # a CLAP file re-saved with pickle protocol 4 + numpy scalars, which weights_only=True rejects
     path = tmp_path / "released.pt"
     sd = {f"module.audio_branch.{k}": v for k, v in mini.model.state_dict().items()}
-    torch.save({"epoch": np.int64(45), "best": np.float64(0.5), "arr": np.arange(3), "state_dict": sd}, path, pickle_protocol=4)
+    torch.save({"epoch": np.int64(45), "best": np.float64(0.5), "arr": np.arange(3), "state_dict": sd}, path,
+               pickle_protocol=4)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
     enc = ClapAudioEncoder("HTSAT-mini", checkpoint=str(path))
@@ -225,7 +228,8 @@ def test_clap_checkpoint_missing_unsafe_fusion(mini, tmp_path):
 # --- text --------------------------------------------------------------------------------------
 
 def test_tiny_text_tokenizer_lifecycle():
-    enc = TinyTextEncoder(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=400, max_length=12)
+    enc = TinyTextEncoder(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=400,
+                          max_length=12)
     assert enc.needs_tokenizer_fit and enc.tokenizer_state() is None
     with pytest.raises(RuntimeError, match="fit_tokenizer"):
         enc(["a dog"])
@@ -233,7 +237,8 @@ def test_tiny_text_tokenizer_lifecycle():
     assert not enc.needs_tokenizer_fit
     assert enc.tokenizer.pad_token_id == 1 and len(enc.tokenizer) <= 400
 
-    caps = ["a dog barks", "rain falls on a tin roof while people talk in a busy cafe and birds chirp", "zebra ünïcode 🐕"]
+    caps = ["a dog barks", "rain falls on a tin roof while people talk in a busy cafe and birds chirp",
+            "zebra ünïcode 🐕"]
     tok = enc.tokenize(caps)
     ids, attn = tok["input_ids"], tok["attention_mask"]
     assert ids.shape[1] == 12  # longest caption truncated at max_length
@@ -245,11 +250,13 @@ def test_tiny_text_tokenizer_lifecycle():
     assert torch.equal(feats.mask, attn.bool())
 
     state = enc.tokenizer_state()
-    again = TinyTextEncoder(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=400, max_length=12)
+    again = TinyTextEncoder(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=400,
+                            max_length=12)
     again.load_tokenizer_state(state)
     assert torch.equal(again.tokenize(caps)["input_ids"], ids)
     assert again.tokenizer_state() == state  # stable JSON even after calls with truncation/padding
-    fitted = TinyTextEncoder(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=400, max_length=12)
+    fitted = TinyTextEncoder(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=400,
+                             max_length=12)
     fitted.fit_tokenizer(list(CAPTIONS))
     assert fitted.tokenizer_state() == state  # deterministic fit
 
@@ -275,7 +282,8 @@ def local_roberta(tmp_path_factory):
     """A tiny RobertaModel + trained BPE tokenizer saved like a hub download (``save_pretrained``)."""
     folder = tmp_path_factory.mktemp("tiny-roberta")
     torch.manual_seed(0)
-    src = TinyTextEncoder(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=1500, max_length=16)
+    src = TinyTextEncoder(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=1500,
+                          max_length=16)
     src.fit_tokenizer(_word_corpus())
     assert len(src.tokenizer) >= 1000
     src.tokenizer.save_pretrained(folder)
@@ -305,12 +313,14 @@ def test_hf_text_loads_clap_text_branch(local_roberta, mini, tmp_path):
 
     torch.manual_seed(5)
     clap_text = RobertaModel(src.model.config)  # stands in for CLAP's fine-tuned RoBERTa
-    text_sd = dict(clap_text.state_dict(), **{"embeddings.position_ids": torch.arange(18)[None]})  # old-transformers buffer
+    # old-transformers buffer
+    text_sd = dict(clap_text.state_dict(), **{"embeddings.position_ids": torch.arange(18)[None]})
     path = write_official(tmp_path / "630k-audioset-best.pt", mini.model.state_dict(), text_sd)
     enc = HFTextEncoder(model=str(folder), max_length=16, clap_checkpoint=path)
     for k, v in clap_text.state_dict().items():
         assert torch.equal(enc.model.state_dict()[k], v), k
-    wide = RobertaModel(type(src.model.config)(**{**src.model.config.to_dict(), "hidden_size": 64, "intermediate_size": 128}))
+    wide = RobertaModel(type(src.model.config)(**{**src.model.config.to_dict(), "hidden_size": 64,
+                                                  "intermediate_size": 128}))
     bad = write_official(tmp_path / "wide.pt", mini.model.state_dict(), wide.state_dict())
     with pytest.raises(CheckpointError, match="wide.pt.*shape"):
         HFTextEncoder(model=str(folder), max_length=16, clap_checkpoint=bad)

@@ -83,7 +83,8 @@ def test_probe_counts_wins_ties_and_both_branches():
              ProbeItem("count", 2, "two dogs bark", "three dogs bark")]
     swapped = [ProbeItem(i.kind, i.clip, i.variant, i.true) for i in items]
     same = [ProbeItem(i.kind, i.clip, i.true, i.true) for i in items]
-    a, b, tie = run_probe(m, audio, items, fusion=0.5), run_probe(m, audio, swapped, fusion=0.5), run_probe(m, audio, same)
+    a, b, tie = (run_probe(m, audio, items, fusion=0.5), run_probe(m, audio, swapped, fusion=0.5),
+                 run_probe(m, audio, same))
     assert a["order"]["n"] == 2 and a["count"]["n"] == 1
     for kind in ("order", "count"):
         for branch in ("pair", "dual", "fused"):  # a win one way is a loss the other way round
@@ -166,7 +167,8 @@ def test_pair_training_benchmark_runs_both_modes_side_by_side():
 
     from tests.conftest import REPO
 
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pair_training.py"), "--width", "16", "--depth", "1",
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pair_training.py"),
+                          "--width", "16", "--depth", "1",
                           "--heads", "2", "--enc-dim", "24", "--embed-dim", "8", "--batches", "6", "--steps", "1",
                           "--k", "2", "--r", "1"], capture_output=True, text=True, timeout=300, check=True).stdout
     rows = [line for line in out.splitlines() if line.startswith("| 6 |")]

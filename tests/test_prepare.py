@@ -21,8 +21,10 @@ def test_prepare_mirrors_layout_and_resamples_once(tmp_path, capsys):
     assert "5 converted" in out and "1 unreadable" in out
     info = sf.info(str(dst / "evaluation" / "evaluation_00000.wav"))
     assert (info.samplerate, info.channels, info.subtype) == (48000, 1, "PCM_16") and info.frames == 12 * 48000
-    assert (dst / "clotho_captions_evaluation.csv").read_bytes() == (src / "clotho_captions_evaluation.csv").read_bytes()
-    assert (dst / "evaluation" / "broken.wav").read_bytes() == b"junk" and not (dst / "evaluation" / "escape.wav").exists()
+    assert ((dst / "clotho_captions_evaluation.csv").read_bytes()
+            == (src / "clotho_captions_evaluation.csv").read_bytes())
+    assert ((dst / "evaluation" / "broken.wav").read_bytes() == b"junk"
+            and not (dst / "evaluation" / "escape.wav").exists())
     # same batches from both copies, up to 16-bit quantisation
     a = next(iter(ClothoDataModule(str(src), eval_batch_size=2, eval_crop="centre").test_dataloader()))["audio"]
     b = next(iter(ClothoDataModule(str(dst), eval_batch_size=2, eval_crop="centre").test_dataloader()))["audio"]

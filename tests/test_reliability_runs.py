@@ -133,7 +133,8 @@ def test_a_second_fit_in_a_running_fits_folder_is_refused(parked, tiny_clotho, m
     capsys.readouterr()
     assert main(["fit", *tiny_fit_args(tiny_clotho)]) == 1
     err = capsys.readouterr().err
-    assert f"coattn: error: run folder '{cwd}/runs/demo_scratch' is in use by another `coattn fit` (pid {proc.pid} on " in err
+    assert (f"coattn: error: run folder '{cwd}/runs/demo_scratch' is in use by another `coattn fit` "
+            f"(pid {proc.pid} on ") in err
     assert proc.poll() is None  # the running fit goes on
 
 

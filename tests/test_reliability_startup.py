@@ -179,6 +179,7 @@ def test_results_that_cannot_be_written_keep_the_metrics(model_ckpt, tiny_clotho
     capsys.readouterr()
     assert main(["test", *tiny_fit_args(tiny_clotho), "--ckpt_path", model_ckpt]) == 1
     out, err = capsys.readouterr()
-    assert "coattn: error: could not write the test results to runs/demo_scratch/results/test (No space left on device)" in err
+    assert ("coattn: error: could not write the test results to runs/demo_scratch/results/test "
+            "(No space left on device)") in err
     table, printed = out.index("mAP@10"), json.loads(next(x for x in out.splitlines() if x.startswith('{"metrics"')))
     assert table < out.index('{"metrics"') and 0 <= printed["metrics"]["t2a_mAP@10"] <= 1

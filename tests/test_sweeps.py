@@ -56,7 +56,8 @@ def test_grids_are_what_the_issue_asks():
     assert fixed == [0.01, 0.02, 0.05, 0.07, 0.1, 0.2] and learned == [{"temperature": 0.07, "learn_temperature": True}]
 
 
-@pytest.mark.parametrize("path", [SWEEPS / n for n in SWEEP_FILES] + ABLATION_SWEEPS, ids=lambda p: p.parent.name + "/" + p.name)
+@pytest.mark.parametrize("path", [SWEEPS / n for n in SWEEP_FILES] + ABLATION_SWEEPS,
+                         ids=lambda p: p.parent.name + "/" + p.name)
 def test_every_point_renders_as_the_agent_and_parses(path, monkeypatch):
     monkeypatch.chdir(REPO)  # the sweep command names experiments/... relative to the clone
     cfg = sw.load_sweep(path)

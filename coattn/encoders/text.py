@@ -72,7 +72,8 @@ class TextEncoder(nn.Module):
         return None
 
     def load_tokenizer_state(self, state: str) -> None:
-        raise ValueError(f"{type(self).__name__} has a fixed pretrained tokenizer and cannot load one from a checkpoint")
+        raise ValueError(f"{type(self).__name__} has a fixed pretrained tokenizer "
+                         "and cannot load one from a checkpoint")
 
     def _require_tokenizer(self):
         if self.tokenizer is None:
@@ -144,16 +145,19 @@ class HFTextEncoder(TextEncoder):
             where = "" if is_dir else (" (no such local folder either)" if os.sep in model else "")
             mode = " with HF_HUB_OFFLINE=1 (only local folders and the local HF cache are searched)" if offline else ""
             raise RuntimeError(
-                f"cannot load text model {model!r}{where}{mode}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
+                f"cannot load text model {model!r}{where}{mode}: {type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}. "
                 "To provide it: on a networked machine run `huggingface-cli download roberta-base --local-dir "
                 "/path/roberta-base`, copy the folder here and set `model: /path/roberta-base` "
                 "(model.text_encoder.init_args.model in the YAML); or unset HF_HUB_OFFLINE where the hub is reachable."
             ) from e
         if len(tokenizer) < MIN_VOCAB:
             raise RuntimeError(f"tokenizer of {model!r} has only {len(tokenizer)} tokens: a broken/offline "
-                               "placeholder, not a real tokenizer; provide the model folder (see HF docs) and set `model:`")
+                               "placeholder, not a real tokenizer; provide the model folder (see HF docs) "
+                               "and set `model:`")
         if len(tokenizer) > net.config.vocab_size:
-            raise RuntimeError(f"{model!r}: tokenizer has {len(tokenizer)} tokens but the model only {net.config.vocab_size} embeddings")
+            raise RuntimeError(f"{model!r}: tokenizer has {len(tokenizer)} tokens but the model only "
+                               f"{net.config.vocab_size} embeddings")
         max_pos = getattr(net.config, "max_position_embeddings", None)
         if max_pos is not None and max_length + 2 > max_pos:  # RoBERTa positions start at pad_id + 1 = 2
             raise ValueError(f"max_length={max_length} too long for {model!r} (max_position_embeddings={max_pos})")

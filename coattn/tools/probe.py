@@ -54,14 +54,29 @@ def main(argv: list[str] | None = None) -> int:
     return probe(a, rest)
 
 
-def probe(a: argparse.Namespace, overrides: list[str]) -> int:
+def split_audio_features(model, dm, split, batch_size: int = 16):
+    """Every clip of ``split`` through the audio tower, read as ``coattn test`` reads it: the data
+    module's crop and padding, and with ``pad: zeros`` the padded frames masked."""
     import torch
 
+    from coattn.features import SequenceFeatures
+    from data_modules.datasets import ClipDataset, collate
+
+    ds = ClipDataset(split, dm.sample_rate, dm.num_samples, dm.eval_crop)
+    ds.reader.pad = getattr(dm, "pad", "repeat")
+    feats = []
+    with torch.no_grad():
+        for i in range(0, len(ds), batch_size):
+            b = collate([ds[j] for j in range(i, min(len(ds), i + batch_size))])
+            feats.append(model.encode_audio(b.audio, b.audio_lengths))
+    return SequenceFeatures.cat(feats)
+
+
+def probe(a: argparse.Namespace, overrides: list[str]) -> int:
     from coattn.errors import UserFacingError
     from coattn.model import CoAttnModel
     from coattn.probe import format_probe, items_by_rewriting, items_from_metadata, run_probe
     from coattn.train.cli import parse_only
-    from data_modules.datasets import ClipDataset, collate
 
     try:
         model = CoAttnModel.from_checkpoint(a.ckpt_path)
@@ -79,14 +94,7 @@ def probe(a: argparse.Namespace, overrides: list[str]) -> int:
         items, source = items_from_metadata(meta, split.audio_dir.name, split.fnames, captions, caption_clip), str(meta)
     else:
         items, source = items_by_rewriting(captions, caption_clip), "rewritten captions (coattn.captions)"
-    ds = ClipDataset(split, dm.sample_rate, dm.num_samples, dm.eval_crop)
-    feats = []
-    with torch.no_grad():
-        for i in range(0, len(ds), a.batch_size):
-            feats.append(model.encode_audio(collate([ds[j] for j in range(i, min(len(ds), i + a.batch_size))]).audio))
-    from coattn.features import SequenceFeatures
-
-    result = run_probe(model, SequenceFeatures.cat(feats), items, float(model.fusion_lambda))
+    result = run_probe(model, split_audio_features(model, dm, split, a.batch_size), items, float(model.fusion_lambda))
     print(f"probe of {a.ckpt_path} on the {a.split} split ({len(split)} clips, {len(captions)} captions; "
           f"variants: {source})")
     print(format_probe(result) or "no caption of this split has a variant")

@@ -46,6 +46,7 @@ import inspect
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -377,7 +378,9 @@ def parse_only(args: list[str]) -> CoAttnCLI:
     """Parse ``args`` as ``coattn`` would, without building or running anything: the returned CLI's
     ``config`` is the resolved configuration and its ``parser`` parses more argv cheaply."""
     try:
-        CoAttnCLI(args, parse_only=True)
+        with warnings.catch_warnings():  # tools (probe, sweep) build this argv on purpose: not a mistake to warn of
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            CoAttnCLI(args, parse_only=True)
     except _ParsedOnly as stop:
         return stop.cli
     raise RuntimeError("parse_only: the CLI did not stop after parsing")  # not reached

@@ -1,12 +1,13 @@
 """Tabulate the mechanism study (docs/ablations/run_mechanism.sh) and the 3-seed recipe runs.
 
     python docs/ablations/mechanism.py runs/mechanism [--dual runs/exp/dual_s0/results/test/metrics.json ...]
+        [--ref "label" runs/.../metrics.json ...]
 
 Reads ``<root>/<variant>/seed<k>/results/test/metrics.json`` (written by ``coattn test``) and prints
 one markdown row per variant: fused t2a mAP@10, the pair score alone, the dual branch (all mean +- std
 over seeds), lambda, the order and count probes of the pair branch (and the dual one's order
 accuracy); writes ``mechanism.csv`` and ``mechanism.png`` next to this file. ``--dual`` adds reference
-rows for dual-encoder runs (cascade none).
+rows for dual-encoder runs (cascade none), ``--ref LABEL FILES`` any further labelled group.
 """
 from __future__ import annotations
 
@@ -43,10 +44,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", type=Path)
     p.add_argument("--dual", nargs="*", default=[], help="metrics.json of dual-encoder runs (reference rows)")
+    p.add_argument("--ref", nargs="+", action="append", default=[], metavar=("LABEL", "METRICS"),
+                   help="a further reference row: its label, then the metrics.json of its seeds (repeatable)")
     a = p.parse_args()
     groups: dict[str, list[dict]] = {}
     if a.dual:
         groups["dual encoder (stage 1)"] = [read(Path(x)) for x in a.dual]
+    for label, *files in a.ref:
+        groups[label] = [read(Path(x)) for x in files]
     for f in sorted(a.root.glob("*/seed*/results/test/metrics.json")):
         groups.setdefault(f.parents[3].name, []).append(read(f))
     keys = ("fused", "pair", "dual", "lambda", "order_pair", "order_dual", "count_pair")

@@ -33,16 +33,25 @@ variant() {  # $1 name, rest: overrides of demo.yaml. A finished variant (metric
 }
 mkdir -p "$OUT"
 variant recipe
+variant epochs8 --trainer.max_epochs=8   # stage 2 trained longer (8 epochs instead of 3)
 variant positions_none $C.positions=none
 variant no_caption_negatives $L.caption_negatives=false
 variant time_negatives $L.time_negatives=true
-variant hard_k8 $L.pair_negatives=hard              # K 8 hardest + R 8 random instead of B x B
+variant hard_k4 $L.pair_negatives=hard $L.pair_k=4    # K hardest (by dual score) + R = 8 random negatives per
+variant hard_k8 $L.pair_negatives=hard                # caption and per clip instead of B x B
+variant hard_k16 $L.pair_negatives=hard $L.pair_k=16
 variant random_16 $L.pair_negatives=hard $L.pair_k=0 $L.pair_random=16   # as many passes as hard_k8, random only
 variant single $C.kind=single
 variant stacking $C.kind=stacking
 variant depth1 $C.depth=1
 variant depth4 $C.depth=4
+variant depth8 $C.depth=8
 variant width64 $C.width=64 $C.ffn_dim=128
 variant temperature_0.05 --model.temperature=0.05 --model.learn_temperature=false
+variant temperature_0.1 --model.temperature=0.1 --model.learn_temperature=false
+# the audio tower learns too (no feature cache for it): gently, or both towers as in stage 1
+variant audio_tower_1e-4 --model.audio_encoder.init_args.freeze=false --model.optim.audio_encoder_lr=1e-4
+variant towers_1e-3 --model.audio_encoder.init_args.freeze=false --model.text_encoder.init_args.freeze=false \
+  --model.optim.encoder_lr=1e-3 --model.feature_cache=null --data.init_args.batch_size=16 --trainer.max_epochs=2
 variant no_fusion --model.evaluation.fusion=0.0   # the pair score alone (also in every run's metrics.json)
 echo "mechanism study done: $OUT (python docs/ablations/mechanism.py $OUT)"

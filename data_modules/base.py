@@ -246,14 +246,19 @@ class AudioCaptionDataModule(pl.LightningDataModule):
 
     def _dataset(self, name: str) -> Dataset:
         if name not in self._datasets:
-            s = self.split(name)
             if name == "train":
-                self._datasets[name] = TrainDataset(s, self.sample_rate, self.num_samples, self.train_items,
-                                                    self.train_crop, self.paraphrases(), self.augment_prob)
+                self._datasets[name] = self._reader_settings(TrainDataset(
+                    self.split(name), self.sample_rate, self.num_samples, self.train_items, self.train_crop,
+                    self.paraphrases(), self.augment_prob))
             else:
-                self._datasets[name] = ClipDataset(s, self.sample_rate, self.num_samples, self.eval_crop)
-            self._reader_settings(self._datasets[name])
+                self._datasets[name] = self.clip_dataset(name)
         return self._datasets[name]
+
+    def clip_dataset(self, stage: str) -> ClipDataset:
+        """Every clip of a split (``train`` too) as evaluation items, read as evaluation reads them:
+        this module's deterministic crop, padding and decode settings (``coattn probe`` uses it)."""
+        return self._reader_settings(ClipDataset(self.split(stage), self.sample_rate, self.num_samples,
+                                                 self.eval_crop))
 
     def _reader_settings(self, ds: Dataset) -> Dataset:
         """What every dataset's clip reader takes from the module: decode at all, and how to pad."""

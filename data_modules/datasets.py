@@ -139,9 +139,10 @@ class TrainDataset(Dataset):
 class ClipDataset(Dataset):
     """Evaluation items: one per clip with all its captions, deterministic crop."""
 
-    def __init__(self, split: Split, sample_rate: int, length: int, crop: str = "start"):
+    def __init__(self, split: Split, sample_rate: int, length: int, crop: str = "start", pad: str = "repeat"):
         self.split, self.crop = split, crop
         self.reader = _ClipReader(split, sample_rate, length)
+        self.reader.pad = pad
 
     def __len__(self) -> int:
         return len(self.split)

@@ -51,7 +51,7 @@ def test_probe_reads_clips_with_the_data_modules_padding_and_masks(demo_run, tin
     model = CoAttnModel.from_checkpoint(demo_run[1])
     dm = ClothoDataModule(root=str(tiny_clotho), pad=pad, num_workers=0)
     split = dm.split("test")
-    feats = split_audio_features(model, dm, split, batch_size=3)
+    feats = split_audio_features(model, dm.clip_dataset("test"), batch_size=3)
     real = feats.mask.sum(1)
     assert len(real) == len(split)
     assert (real == (7 if pad == "zeros" else 32)).all(), real

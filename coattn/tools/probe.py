@@ -54,16 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     return probe(a, rest)
 
 
-def split_audio_features(model, dm, split, batch_size: int = 16):
-    """Every clip of ``split`` through the audio tower, read as ``coattn test`` reads it: the data
-    module's crop and padding, and with ``pad: zeros`` the padded frames masked."""
+def split_audio_features(model, ds, batch_size: int = 16):
+    """Every clip of ``ds`` (a data module's ``clip_dataset``: its crop and padding) through the audio
+    tower, zero-padded frames masked, as ``coattn test`` encodes them."""
     import torch
 
     from coattn.features import SequenceFeatures
-    from data_modules.datasets import ClipDataset, collate
+    from data_modules.datasets import collate
 
-    ds = ClipDataset(split, dm.sample_rate, dm.num_samples, dm.eval_crop)
-    ds.reader.pad = getattr(dm, "pad", "repeat")
     feats = []
     with torch.no_grad():
         for i in range(0, len(ds), batch_size):
@@ -94,7 +92,8 @@ def probe(a: argparse.Namespace, overrides: list[str]) -> int:
         items, source = items_from_metadata(meta, split.audio_dir.name, split.fnames, captions, caption_clip), str(meta)
     else:
         items, source = items_by_rewriting(captions, caption_clip), "rewritten captions (coattn.captions)"
-    result = run_probe(model, split_audio_features(model, dm, split, a.batch_size), items, float(model.fusion_lambda))
+    audio = split_audio_features(model, dm.clip_dataset(a.split), a.batch_size)
+    result = run_probe(model, audio, items, float(model.fusion_lambda))
     print(f"probe of {a.ckpt_path} on the {a.split} split ({len(split)} clips, {len(captions)} captions; "
           f"variants: {source})")
     print(format_probe(result) or "no caption of this split has a variant")

@@ -145,8 +145,7 @@ class FeatureCache:
         comm.barrier("feature_cache_audio_scan")  # everyone scanned before anyone writes
         mine = missing[comm.rank::comm.world]
         if mine:
-            clips = ClipDataset(split, self.sample_rate, self.clip_samples, self.crop)
-            clips.reader.pad = self.pad
+            clips = ClipDataset(split, self.sample_rate, self.clip_samples, self.crop, pad=self.pad)
             ds = Subset(clips, mine)
             loader = DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate,
                                 worker_init_fn=ignore_sigterm if self.num_workers > 0 else None)

@@ -1,6 +1,6 @@
-"""Do a trained audio tower's frames stay where their sound is? (docs/ablations.md, "Why order stays low")
+"""Do a trained audio tower's frames stay where their sound is? (docs/ablations.md, "Second pass")
 
-    python docs/ablations/frame_locality.py runs/exp/dual_s0/checkpoints/best.ckpt [--clips 24]
+    python docs/ablations/frame_locality.py runs/exp2/dual_s0/checkpoints/best.ckpt [--clips 24]
 
 Rolls each evaluation clip's waveform by half its length (a clip "A then B" becomes "B then A", the
 same sounds) and compares the audio tower's frames of both. If frames are local (frame t describes
@@ -27,7 +27,6 @@ def main() -> None:
     p.add_argument("--audio-dir", default="data/demo/evaluation")
     p.add_argument("--clips", type=int, default=24)
     a = p.parse_args()
-    torch.manual_seed(0)
     model = CoAttnModel.from_checkpoint(a.ckpt)
     enc = model.audio_encoder
     files = sorted(Path(a.audio_dir).glob("*.wav"))[: a.clips]

@@ -63,6 +63,46 @@ def items_by_rewriting(captions: list[str], caption_clip: list[int], seed: int =
     return out
 
 
+def twin_clips(path: str | os.PathLike, split_folder: str, fnames: list[str]) -> torch.Tensor | None:
+    """(M,) bool: which clips of a split have an order twin in it (the same events in the reverse order,
+    ``coattn synth --sounds`` writes ``"twin"`` per clip), or None when the metadata records no twins.
+
+    A twin is the one clip a pooled (dual) vector cannot tell apart: its captions are the queries
+    where only *when* things happen decides the ranking, so they are reported apart."""
+    meta = json.loads(Path(path).read_text(encoding="utf-8"))
+    entries = [meta.get(f"{split_folder}/{f}") for f in fnames]
+    if not any(isinstance(e, dict) and "twin" in e for e in entries):
+        return None
+    return torch.tensor([bool(isinstance(e, dict) and e.get("twin")) for e in entries])
+
+
+def subset_metrics(per_query: dict[str, torch.Tensor], caption_clip: torch.Tensor,
+                   clip_groups: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Text-to-audio metrics over the captions of each clip group: {group: {"n", metric: value}}.
+
+    ``per_query``: ``coattn.metrics.per_query_metrics`` of the whole split (ranks among all clips, so a
+    twin query still competes with every clip); only the t2a vectors (one entry per caption) are kept."""
+    out = {}
+    for name, clips in clip_groups.items():
+        sel = clips.to(caption_clip.device)[caption_clip].cpu()
+        out[name] = {"n": int(sel.sum())}
+        for key, vec in per_query.items():
+            if key.startswith("t2a_") and not key.endswith(("medR", "meanR")):
+                out[name][key] = float(vec[sel].double().mean()) if bool(sel.any()) else float("nan")
+    return out
+
+
+def format_subsets(result: dict[str, dict[str, dict[str, float]]]) -> str:
+    """``twin queries (n=200): t2a mAP@10 fused 81.2, pair 80.1, dual 62.0 | other queries (n=300): ...``."""
+    groups = []
+    for group in ("twin", "other"):
+        cells = [f"{branch} {100 * r[group]['t2a_mAP@10']:.1f}" for branch, r in result.items() if group in r]
+        if cells:
+            n = next(r[group]["n"] for r in result.values() if group in r)
+            groups.append(f"{group} queries (n={n}): t2a mAP@10 " + ", ".join(cells))
+    return " | ".join(groups)
+
+
 def applicability(captions: list[str]) -> dict[str, int]:
     """How many captions each rewrite applies to (for a split of real captions without metadata)."""
     rng = random.Random(0)

@@ -5,8 +5,10 @@
 
 One row per ``metrics.json`` (written by ``coattn test``): t2a mAP@10 with its 95 % CI, R@1/5/10,
 a2t mAP@10, the ratio of t2a mAP@10 to the first row's, the co-attention branch alone (its pair
-score before fusion, and its ratio to the first row), the fusion lambda, and the compositional probe
-(order accuracy of the pair and dual branches) when the test split had one.
+score before fusion, and its ratio to the first row), the fusion lambda, the compositional probes
+(order and count accuracy of the pair and dual branches) when the test split had them, and, when the
+test split records order twins (``coattn synth --sounds``), t2a mAP@10 of the queries whose clip has a
+twin (only *when* things happen tells the two apart) and of the other queries.
 """
 from __future__ import annotations
 
@@ -30,24 +32,40 @@ def rows(paths: list[str], names: list[str] | None) -> list[dict]:
     return out
 
 
+def _probe_cell(probe: dict) -> str:
+    if "pair" in probe:
+        return f"{probe['pair']:.2f} / {probe['dual']:.2f}"
+    return f"- / {probe['dual']:.2f}" if "dual" in probe else "-"
+
+
+def _subset_cells(extra: dict) -> str:
+    """t2a mAP@10 of the twin and the other queries, for the run's own score (fused, else dual)."""
+    subsets = extra.get("subsets") or {}
+    own = subsets.get("fused") or subsets.get("dual") or {}
+    return "".join(f" {_pct(own.get(g, {}).get('t2a_mAP@10'))} |" for g in ("twin", "other"))
+
+
 def table(items: list[dict]) -> str:
     ref = items[0]["metrics"].get("t2a_mAP@10") or float("nan")
     head = ("| run | t2a mAP@10 | 95 % CI | R@1 | R@5 | R@10 | a2t mAP@10 | x first | pair alone | x first | lambda "
-            "| order probe pair / dual |")
-    lines = [head, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+            "| order probe pair / dual | count probe pair / dual |")
+    sep = "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+    if any(it["extra"].get("subsets") for it in items):  # the test split records order twins
+        head += " twin queries | other queries |"
+        sep += "---:|---:|"
+    lines = [head, sep]
     for it in items:
         m, e = it["metrics"], it["extra"]
         ci = f"[{_pct(it['ci'][0])}, {_pct(it['ci'][1])}]" if it["ci"] else "-"
-        probe = e.get("probe", {}).get("order", {})
-        order = f"{probe['pair']:.2f} / {probe['dual']:.2f}" if "pair" in probe else (
-            f"- / {probe['dual']:.2f}" if "dual" in probe else "-")
+        order, count = (_probe_cell(e.get("probe", {}).get(kind, {})) for kind in ("order", "count"))
         lam = e.get("fusion_lambda")
         pair = (e.get("pair_metrics") or (m if e.get("cascade", "none") != "none" else {})).get("t2a_mAP@10")
         pair_ratio = "-" if pair is None else f"{pair / ref:.2f}"
         lines.append(f"| {it['name']} | {_pct(m.get('t2a_mAP@10'))} | {ci} | {_pct(m.get('t2a_R@1'))} | "
                      f"{_pct(m.get('t2a_R@5'))} | {_pct(m.get('t2a_R@10'))} | {_pct(m.get('a2t_mAP@10'))} | "
                      f"{m.get('t2a_mAP@10', float('nan')) / ref:.2f} | {_pct(pair)} | {pair_ratio} | "
-                     f"{'-' if lam is None else f'{lam:g}'} | {order} |")
+                     f"{'-' if lam is None else f'{lam:g}'} | {order} | {count} |"
+                     + (_subset_cells(e) if "twin queries" in head else ""))
     return "\n".join(lines)
 
 

@@ -160,6 +160,23 @@ def probe_metrics(trainer, stage: str, c: Collected, model, fusion: float) -> di
     return run_probe(model, c.audio, items, fusion)
 
 
+def twin_metrics(trainer, stage: str, c: Collected, branches: dict[str, dict]) -> dict:
+    """t2a metrics of the queries whose clip has an order twin in the test split and of the others, per
+    branch ({"fused"|"pair"|"dual": {"twin": {...}, "other": {...}}}), when the split's metadata records
+    twins (``coattn synth --sounds``), else {}. ``branches``: per-query metric vectors of each score."""
+    dm = getattr(trainer, "datamodule", None)
+    meta = Path(getattr(dm, "root", "")) / "synth_metadata.json" if getattr(dm, "root", None) else None
+    if stage != "test" or meta is None or not meta.is_file() or trainer.sanity_checking:
+        return {}
+    from coattn.probe import subset_metrics, twin_clips
+
+    twins = twin_clips(meta, dm.split("test").audio_dir.name, c.fnames)
+    if twins is None:
+        return {}
+    groups = {"twin": twins, "other": ~twins}
+    return {branch: subset_metrics(pq, c.caption_clip, groups) for branch, pq in branches.items()}
+
+
 def relevance_metrics(trainer, stage: str, loader: int, c: Collected,
                       scores: torch.Tensor) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """DCASE 2025 multi-relevance metrics of a scored split when its data module names a relevance file
@@ -189,6 +206,9 @@ def write_test_results(out: Path, c: Collected, scores: torch.Tensor, metrics: d
     if extra.get("probe"):
         from coattn.probe import format_probe
         print(format_probe(extra["probe"]))
+    if extra.get("subsets"):
+        from coattn.probe import format_subsets
+        print(format_subsets(extra["subsets"]))
     if multi[0]:
         multi_ci = bootstrap_ci(multi[1], n_boot=bootstrap) if bootstrap else {}
         extra["multi_relevance"] = {"metrics": multi[0], "ci": multi_ci}

@@ -34,7 +34,7 @@ from coattn.loss import RetrievalLoss
 from coattn.model import CoAttnModel
 from coattn.results import EvaluationResult
 from coattn.train.evaluation import (FUSION_GRID, EvalAccumulator, Evaluation, eval_loaders, probe_metrics,
-                                     relevance_metrics, write_predictions, write_test_results)
+                                     relevance_metrics, twin_metrics, write_predictions, write_test_results)
 from coattn.train.optim import Optim
 from coattn.train.warm_start import warm_start
 
@@ -219,12 +219,19 @@ class CoAttnRetrieval(pl.LightningModule):
         if stage == "test" and self.trainer.is_global_zero:
             extra = {"ckpt_path": self.trainer.ckpt_path, "model_dir": self.exported_from,
                      "cascade": self.model.cascade.kind, **result.info}
+            branches = {"fused" if self.model.has_pairwise else "dual": per_query}
             if result.pair is not None and result.info.get("fusion_lambda"):  # the pair score alone, next to it
-                extra["pair_metrics"] = aggregate(per_query_metrics(result.pair, c.caption_clip))
-            extra["dual_metrics"] = aggregate(per_query_metrics(result.dual, c.caption_clip))
+                branches["pair"] = per_query_metrics(result.pair, c.caption_clip)
+                extra["pair_metrics"] = aggregate(branches["pair"])
+            if self.model.has_pairwise:
+                branches["dual"] = per_query_metrics(result.dual, c.caption_clip)
+            extra["dual_metrics"] = aggregate(branches.get("dual", per_query))
             probe = probe_metrics(self.trainer, stage, c, self.model, float(result.info.get("fusion_lambda", 0)))
             if probe:
                 extra["probe"] = probe
+            subsets = twin_metrics(self.trainer, stage, c, branches)
+            if subsets:
+                extra["subsets"] = subsets
             out = self.evaluation.output_dir(self.trainer.default_root_dir, "test") / (name or "")
             write_test_results(out, c, result.scores, metrics, per_query, self.evaluation.bootstrap, extra, multi)
         return metrics

@@ -27,6 +27,8 @@ TOOLS = {
     "export": "coattn.tools.export:main",
     "serve": "coattn.tools.serve:main",
     "sweep": "coattn.tools.sweep:main",
+    "synth-moments": "coattn.tools.synth_moments:main",
+    "localize": "coattn.tools.localize:main",
 }
 
 

@@ -35,7 +35,7 @@ from coattn.errors import DataError, DataNotFoundError
 FIELDS = ("qid", "query", "vid", "duration", "relevant_windows")
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: Lightning's batch transfer rebuilds dataclasses field by field
 class MomentQuery:
     qid: str
     query: str
@@ -111,6 +111,7 @@ class MomentTrainDataset(Dataset):
 
     def __getitem__(self, i: int):
         q = self.queries[i]
+        self.epoch += 1  # a new crop on every visit (per loader process: the draw count stands in for the epoch)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 7919 + i)
         wave = load_audio(q.audio, self.sr)
         total, clip_s = wave.shape[-1] / self.sr, self.n / self.sr
@@ -201,8 +202,7 @@ class MomentDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = MomentTrainDataset(self.queries("train"), self.sample_rate, self.clip_samples, self.positive_prob,
                                 self.seed)
-        ds.epoch = self.trainer.current_epoch if self._trainer is not None else 0
-        g = torch.Generator().manual_seed(self.seed + ds.epoch)
+        g = torch.Generator().manual_seed(self.seed)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=True, generator=g, collate_fn=collate_train,
                           num_workers=self.num_workers, drop_last=len(ds) > self.batch_size)
 

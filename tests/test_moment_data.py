@@ -105,3 +105,37 @@ def test_training_crops_hold_their_windows(moment_set):
     real = w[..., 0] >= 0
     assert real.any(1).all()  # positive_prob 1: every crop holds part of a window
     assert (w[real][:, 1] > w[real][:, 0]).all() and (w[real] <= 5.0).all()
+
+
+def test_fit_test_localize_on_the_lighthouse_layout(moment_set, tmp_path, monkeypatch, capsys):
+    """`coattn fit` then `coattn test` on the moment config (tiny random towers), then `coattn localize`."""
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", str(Path(__file__).resolve().parents[1] / "experiments/moments/synth.yaml"),
+            f"--data.init_args.train_file={moment_set / 'train.jsonl'}",
+            f"--data.init_args.val_file={moment_set / 'val.jsonl'}",
+            f"--data.init_args.test_file={moment_set / 'test.jsonl'}",
+            f"--data.init_args.audio_dir={moment_set / 'audio'}", "--data.init_args.batch_size=4",
+            "--data.init_args.num_workers=0", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+            "--model.cascade.init_args.depth=1", "--model.cascade.init_args.width=32",
+            "--model.cascade.init_args.ffn_dim=64", "--model.embed_dim=32",
+            "--model.text_encoder.init_args.hidden_size=32", "--model.text_encoder.init_args.num_layers=1",
+            "--model.text_encoder.init_args.intermediate_size=64", "--model.text_encoder.init_args.vocab_size=300"]
+    assert main(["fit", *args]) == 0
+    ckpt = tmp_path / "runs/moments/checkpoints/best.ckpt"
+    assert ckpt.is_file()
+    capsys.readouterr()
+    assert main(["test", *args, f"--ckpt_path={ckpt}"]) == 0
+    printed = capsys.readouterr().out
+    assert "| moment head (co-attention) |" in printed and "| dual encoder, sliding spans |" in printed
+    report = json.loads((tmp_path / "runs/moments/results/test/metrics.json").read_text())
+    m = report["metrics"]
+    n_test = len(read_moments(moment_set / "test.jsonl", moment_set / "audio"))
+    assert report["queries"] == n_test and m["moment/queries"] == n_test
+    for k in ("R1@0.5", "R1@0.7", "mAP@0.5", "mAP@0.75", "mAP@0.5:0.95"):
+        assert 0.0 <= m[f"moment/{k}"] <= 1.0 and 0.0 <= m[f"baseline_dual_sliding/moment/{k}"] <= 1.0
+    preds = [json.loads(x) for x in (tmp_path / "runs/moments/results/test/predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == n_test and all(1 <= len(p["pred_relevant_windows"]) <= 10 for p in preds)
+    wav = moment_set / "audio" / f"{preds[0]['vid']}.wav"
+    assert main(["localize", "--model", str(tmp_path / "runs/moments"), str(wav), "a dog", "--top-k", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("rank") and len(out) == 5 and out[2].split()[0] == "1"

@@ -27,6 +27,8 @@ TOOLS = {
     "export": "coattn.tools.export:main",
     "serve": "coattn.tools.serve:main",
     "sweep": "coattn.tools.sweep:main",
+    "synth-moments": "coattn.tools.synth_moments:main",
+    "localize": "coattn.tools.localize:main",
 }
 
 
@@ -39,9 +41,27 @@ def main(args: list[str] | None = None) -> int:
         print(__doc__.strip() + "\n\nLightningCLI subcommands: fit, validate, test, predict "
               "(see `coattn fit --help`).\nTools: " + ", ".join(TOOLS))
         return 2 if not argv else 0
+    if _moment_config(argv):  # a MomentDataModule config: the moment retrieval app (coattn/train/moments.py)
+        from coattn.train.moments import run as run_moments
+
+        return run_moments(argv)
     from coattn.train.cli import run
 
-    return run(None if args is None else argv)  # None: LightningCLI reads sys.argv (DDP relaunches)
+    return run(None if args is None else argv)
+
+
+def _moment_config(argv: list[str]) -> bool:
+    """Whether a ``--config`` file of ``argv`` trains moment retrieval (its data is a MomentDataModule)."""
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for p in paths:
+        try:
+            with open(p, encoding="utf-8") as f:
+                if "MomentDataModule" in f.read():
+                    return True
+        except OSError:
+            pass
+    return False  # None: LightningCLI reads sys.argv (DDP relaunches)
 
 
 if __name__ == "__main__":

@@ -383,17 +383,25 @@ class CoAttentionCascade(nn.Module):
         flat = inv.reshape(-1)
         y, my = stage.states[flat], stage.mask[flat]  # (b r, T, d): row i's r clips are consecutive
         if self.kind == "iterating":
-            xn, mx = text.states[rows], text.mask[rows]
-            # each caption row's keys/values, computed once and shared by its r clips (no copy per pair)
-            kv = [layer.guided_attn.keys(xn) for layer in self.audio_layers]
-            q = None if stage.query is None else stage.query[flat]
-            y = self._audio_stream(y, my, kv, mx, first_query=q)
+            y = self.pair_frames(text, rows, stage, inv)
             return text.pooled[rows], self.audio_pool(y, my).view(b, r, -1)
         ti = rows.repeat_interleave(r)
         x, mx = text.states[ti], text.mask[ti]
         for n in range(self.depth):  # single / stacking: both streams read the previous layer
             x, y = (self._run(self.text_layers[n], x, mx, y, my), self._run(self.audio_layers[n], y, my, x, mx))
         return self.text_pool(x, mx).view(b, r, -1), self.audio_pool(y, my).view(b, r, -1)
+
+    def pair_frames(self, text: PreparedText, rows: torch.Tensor, stage: ClipStage, inv: torch.Tensor) -> torch.Tensor:
+        """``iterating``: the text-conditioned audio stream YN of the b x r pairs, (b r, T, d), row i's r
+        clips consecutive (``pair_vectors`` pools it; the moment head reads it frame by frame)."""
+        if self.kind != "iterating":
+            raise RuntimeError(f"pair_frames needs the iterating cascade (a per-pair audio stream), not {self.kind!r}")
+        flat = inv.reshape(-1)
+        xn, mx = text.states[rows], text.mask[rows]
+        # each caption row's keys/values, computed once and shared by its r clips (no copy per pair)
+        kv = [layer.guided_attn.keys(xn) for layer in self.audio_layers]
+        q = None if stage.query is None else stage.query[flat]
+        return self._audio_stream(stage.states[flat], stage.mask[flat], kv, mx, first_query=q)
 
     def _audio_stream(self, y: torch.Tensor, my: torch.Tensor, kv: list, guide_mask: torch.Tensor,
                       first_query: torch.Tensor | None) -> torch.Tensor:

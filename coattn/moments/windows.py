@@ -1,0 +1,76 @@
+"""Windows over long recordings: the sliding tower, stitched frames, proposals, temporal NMS.
+
+A recording longer than the audio tower's input (``clip_samples``, 10 s for CLAP) is cut into
+overlapping crops (hop = half a crop, the last crop flush with the end), each encoded, and their
+frames stitched onto one time line at the tower's frame rate (``num_frames / clip seconds``:
+3.2 frames/s for HTS-AT): a global frame is the mean of the crops' frames that cover it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from coattn.moments.metrics import iou_cross
+
+
+def crop_starts(total: int, length: int, hop: int) -> list[int]:
+    """Start indices of crops of ``length`` over ``total`` items, every ``hop``, the last flush with the end."""
+    if total <= length:
+        return [0]
+    n = math.ceil((total - length) / hop)
+    return sorted({min(i * hop, total - length) for i in range(n + 1)})
+
+
+def stitch(chunks: torch.Tensor, starts: list[int], total: int) -> torch.Tensor:
+    """Mean of overlapping chunks (n, T, ...) placed at ``starts`` on a line of ``total`` steps: (total, ...)."""
+    n, t = chunks.shape[:2]
+    idx = (torch.as_tensor(starts, device=chunks.device)[:, None] + torch.arange(t, device=chunks.device)).clamp(
+        max=total - 1).reshape(-1)
+    out = torch.zeros((total, *chunks.shape[2:]), dtype=chunks.dtype, device=chunks.device)
+    count = torch.zeros(total, dtype=chunks.dtype, device=chunks.device)
+    out.index_add_(0, idx, chunks.reshape(n * t, *chunks.shape[2:]))
+    count.index_add_(0, idx, torch.ones(n * t, dtype=chunks.dtype, device=chunks.device))
+    return out / count.clamp(min=1).view(-1, *([1] * (out.dim() - 1)))
+
+
+def temporal_nms(windows: torch.Tensor, iou_threshold: float = 0.7, max_keep: int = 10) -> torch.Tensor:
+    """Greedy NMS of (N, 3) [start, end, score] rows: the best first, then drop the rows that overlap a kept
+    one with IoU > threshold. Returns the kept rows by descending score (at most ``max_keep``)."""
+    if windows.numel() == 0:
+        return windows.reshape(0, 3)
+    windows = windows[torch.sort(windows[:, 2], descending=True, stable=True).indices]
+    iou = iou_cross(windows[:, :2], windows[:, :2])
+    alive = torch.ones(len(windows), dtype=torch.bool, device=windows.device)
+    keep = []
+    for i in range(len(windows)):  # at most max_keep kept rows; each drops its overlaps in one op
+        if not alive[i]:
+            continue
+        keep.append(i)
+        if len(keep) == max_keep:
+            break
+        alive &= ~(iou[i] > iou_threshold)
+    return windows[keep]
+
+
+def decode_frames(prob: torch.Tensor, left: torch.Tensor, right: torch.Tensor, frame_seconds: float,
+                  duration: float) -> torch.Tensor:
+    """Each frame t proposes [c_t - left_t, c_t + right_t] seconds (c_t its centre) with score prob_t: (T, 3)."""
+    centre = (torch.arange(len(prob), dtype=prob.dtype, device=prob.device) + 0.5) * frame_seconds
+    start = (centre - left).clamp(0, duration)
+    end = (centre + right).clamp(0, duration)
+    end = torch.maximum(end, (start + frame_seconds).clamp(max=duration))
+    return torch.stack([start, end, prob], dim=1)
+
+
+def span_proposals(num_frames: int, lengths: list[int], hop: int = 1) -> torch.Tensor:
+    """Every span of each length in ``lengths`` (frames) every ``hop`` frames: (P, 2) [first, last + 1]."""
+    spans = [torch.stack([torch.arange(0, num_frames - n + 1, hop), torch.arange(0, num_frames - n + 1, hop) + n], 1)
+             for n in lengths if n <= num_frames]
+    return torch.cat(spans) if spans else torch.tensor([[0, num_frames]])
+
+
+def span_means(frames: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """Mean frame of each span, (P, D), by one cumulative sum (no loop over spans)."""
+    c = torch.cat([torch.zeros_like(frames[:1]), frames.cumsum(0)])
+    return (c[spans[:, 1]] - c[spans[:, 0]]) / (spans[:, 1] - spans[:, 0]).to(frames.dtype)[:, None]

@@ -1,0 +1,95 @@
+"""The moment head's targets and loss, windows/NMS/stitching, and MomentModel on a tiny random model."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from coattn.moments.head import MomentHead, frame_targets, moment_loss
+from coattn.moments.windows import crop_starts, span_means, span_proposals, stitch, temporal_nms
+
+
+def tiny_model():
+    from coattn.coattention import CoAttentionCascade
+    from coattn.encoders import ClapAudioEncoder, TinyTextEncoder
+    from coattn.model import CoAttnModel
+
+    torch.manual_seed(0)
+    text = TinyTextEncoder(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=300,
+                           max_length=16)
+    text.fit_tokenizer(["a dog", "a fox", "a pig", "a dog, then a fox", "a horse", "a bee", "a frog"] * 3)
+    audio = ClapAudioEncoder(config="HTSAT-mini", spec_augment=False, frozen_norm=True, drop_path_rate=0.0)
+    cascade = CoAttentionCascade(kind="iterating", depth=1, width=32, heads=2, ffn_dim=64, dropout=0.0,
+                                 positions="relative")
+    return CoAttnModel(audio, text, cascade, embed_dim=32)
+
+
+def test_crop_starts_cover_the_recording_and_end_flush():
+    assert crop_starts(5, 10, 5) == [0]
+    assert crop_starts(30, 10, 5) == [0, 5, 10, 15, 20]
+    assert crop_starts(33, 10, 5) == [0, 5, 10, 15, 20, 23]
+
+
+def test_stitch_averages_overlaps():
+    chunks = torch.tensor([[1.0, 1.0, 1.0, 1.0], [3.0, 3.0, 3.0, 3.0]])[..., None]
+    out = stitch(chunks, [0, 2], 6)[:, 0]
+    assert out.tolist() == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+
+
+def test_nms_keeps_the_best_and_drops_overlaps():
+    w = torch.tensor([[0.0, 10.0, 0.5], [1.0, 10.0, 0.9], [20.0, 25.0, 0.7], [0.0, 9.0, 0.8]], dtype=torch.float64)
+    kept = temporal_nms(w, iou_threshold=0.7, max_keep=10)
+    assert kept[:, 2].tolist() == [0.9, 0.7]
+    assert temporal_nms(w, iou_threshold=0.95, max_keep=2)[:, 2].tolist() == [0.9, 0.8]
+
+
+def test_span_means_are_the_mean_of_their_frames():
+    f = torch.randn(12, 3)
+    spans = span_proposals(12, [1, 4])
+    assert len(spans) == 12 + 9
+    assert torch.allclose(span_means(f, spans)[14], f[2:6].mean(0), atol=1e-6)
+
+
+def test_frame_targets_and_loss():
+    # crop of 4 frames of 1 s; window [1.0, 3.0): frames with centres 1.5 and 2.5 are inside
+    labels, off = frame_targets(torch.tensor([[[1.0, 3.0], [-1.0, -1.0]]]), num_frames=4, frame_seconds=1.0)
+    assert labels.tolist() == [[0.0, 1.0, 1.0, 0.0]]
+    assert off[0, 1].tolist() == [0.5, 1.5] and off[0, 2].tolist() == [1.5, 0.5] and off[0, 0].tolist() == [0, 0]
+    logits = torch.tensor([[-9.0, 9.0, 9.0, -9.0]])
+    perfect = moment_loss(logits, off / 1.0, labels, off, 1.0, 4.0)
+    assert perfect["boundary"] == 0 and perfect["relevance"] < 1e-3
+    head = MomentHead(8)
+    z, o = head(torch.randn(2, 5, 8))
+    assert z.shape == (2, 5) and o.shape == (2, 5, 2) and (o >= 0).all()
+
+
+def test_pair_frames_pool_to_pair_vectors():
+    model = tiny_model().eval()
+    with torch.no_grad():
+        a = model.encode_audio(torch.randn(2, model.audio_encoder.clip_samples) * 0.1)
+        t = model.encode_text(["a dog", "a fox, then a pig"])
+        text, audio = model.prepare_text(t), model.prepare_audio(a)
+        stage = model.cascade.clip_stage(audio, torch.arange(2))
+        rows, inv = torch.arange(2), torch.arange(2).expand(2, 2)
+        _, pooled = model.cascade.pair_vectors(text, rows, stage, inv)
+        frames = model.cascade.pair_frames(text, rows, stage, inv)
+        again = model.cascade.audio_pool(frames, stage.mask[inv.reshape(-1)]).view(2, 2, -1)
+    assert torch.allclose(pooled, again, atol=1e-6)
+
+
+def test_localize_a_long_recording():
+    from coattn.moments.model import MomentModel
+
+    mm = MomentModel(tiny_model(), top_k=5).eval()
+    wave = torch.randn(int(25.3 * mm.sample_rate)) * 0.05
+    index = mm.index(wave)
+    assert index.frame_seconds == pytest.approx(10 / 32)
+    assert index.frames.shape[0] == round(25.3 / (10 / 32)) and index.duration == pytest.approx(25.3)
+    for out in (mm.localize(index, "a dog"), mm.dual_sliding(index, "a dog")):
+        assert 1 <= len(out) <= 5 and out.shape[1] == 3
+        assert (out[:, 0] >= 0).all() and (out[:, 1] <= 25.3 + 1e-6).all() and (out[:, 1] > out[:, 0]).all()
+        assert (out[:-1, 2] >= out[1:, 2]).all()  # ranked
+    with pytest.raises(ValueError, match="iterating"):
+        from coattn.coattention import CoAttentionCascade
+        m = tiny_model()
+        m.cascade = CoAttentionCascade(kind="none")
+        MomentModel(m)

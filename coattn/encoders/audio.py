@@ -12,7 +12,6 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from coattn.encoders.base import AudioTower
 from coattn.encoders.clap_checkpoint import load_branch, load_clap_state_dict, reject_fusion, select_prefix

@@ -84,7 +84,7 @@ def component_config(module: nn.Module, name: str) -> dict:
     if isinstance(module, AudioTower):  # e.g. checkpoint: null (and pretrained: false): weights from safetensors
         args.update(module.export_args())
     if isinstance(module, HFTextEncoder):
-        args.update(model=TEXT_FOLDER, pretrained=False)
+        args.update(model=TEXT_FOLDER, pretrained=False, pooling=module.pooling)  # "auto" read the source folder
     return {"class_path": spec["class_path"], "init_args": args}
 
 

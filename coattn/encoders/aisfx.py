@@ -129,8 +129,8 @@ class ConvBlock(nn.Module):
         self.bn1, self.bn2 = nn.BatchNorm2d(c_out), nn.BatchNorm2d(c_out)
 
     def forward(self, x: torch.Tensor, pool: int) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu_(self.bn1(self.conv1(x)))  # in place, as aisfx (BN's backward needs its input only)
+        x = F.relu_(self.bn2(self.conv2(x)))
         return F.max_pool2d(x, kernel_size=pool) if pool > 1 else x
 
 

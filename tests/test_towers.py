@@ -170,3 +170,16 @@ def test_weights_load_safely_and_identity_follows_the_file(tmp_path, tower):
     random = AisfxAudioEncoder(clip_seconds=1.0, pretrained=False)
     assert "random-init" in random.identity()
     assert not torch.equal(random.net.conv_block1.conv1.weight, state["conv_block1.conv1.weight"])
+
+
+def test_an_exported_model_rebuilds_the_tower_without_its_checkpoint():
+    from coattn.hub import component_config, record_spec
+
+    enc = record_spec(AisfxAudioEncoder(clip_seconds=2.0), {"class_path": "coattn.encoders.AisfxAudioEncoder",
+                                                            "init_args": {"clip_seconds": 2.0, "freeze": True}})
+    spec = component_config(enc, "audio_encoder")
+    assert spec["init_args"] == {"clip_seconds": 2.0, "checkpoint": None, "pretrained": False}
+    rebuilt = AisfxAudioEncoder(**spec["init_args"])
+    rebuilt.load_state_dict(enc.state_dict())  # what hub.load_weights does with the safetensors
+    x = waves(1, enc.clip_samples)
+    torch.testing.assert_close(rebuilt(x).pooled, enc(x).pooled)

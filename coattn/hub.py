@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from coattn.encoders import ClapAudioEncoder, HFTextEncoder
+from coattn.encoders import AudioTower, HFTextEncoder
 from coattn.errors import CheckpointError, ConfigError
 from coattn.io import atomic_write_bytes, atomic_write_text
 from coattn.model_card import MODEL_CARD, describe
@@ -51,7 +51,7 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 TEXT_FOLDER = "text_encoder"
 COMPONENTS = ("audio_encoder", "text_encoder", "cascade")
-WEIGHT_PATHS = {ClapAudioEncoder: ("checkpoint",), HFTextEncoder: ("clap_checkpoint",)}  # -> null
+WEIGHT_PATHS = {HFTextEncoder: ("clap_checkpoint",)}  # -> null (audio towers: AudioTower.export_args)
 TRAINING_ONLY = ("freeze", "checkpointing")  # dropped: how a run trained, not what the model is
 HUB_METADATA = {  # PyTorchModelHubMixin class arguments: the card's template and front matter
     "model_card_template": MODEL_CARD,
@@ -81,8 +81,10 @@ def component_config(module: nn.Module, name: str) -> dict:
     for cls, keys in WEIGHT_PATHS.items():
         if isinstance(module, cls):
             args.update({k: None for k in keys if k in args})
+    if isinstance(module, AudioTower):  # e.g. checkpoint: null (and pretrained: false): weights from safetensors
+        args.update(module.export_args())
     if isinstance(module, HFTextEncoder):
-        args.update(model=TEXT_FOLDER, pretrained=False)
+        args.update(model=TEXT_FOLDER, pretrained=False, pooling=module.pooling)  # "auto" read the source folder
     return {"class_path": spec["class_path"], "init_args": args}
 
 

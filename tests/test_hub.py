@@ -176,7 +176,9 @@ def test_hf_text_encoder_and_clap_files_are_not_needed(tmp_path):
     clap.unlink()
     config = json.loads((out / "config.json").read_text())
     text = config["text_encoder"]["init_args"]
-    assert text == {"model": "text_encoder", "pretrained": False, "max_length": 16, "clap_checkpoint": None}
+    # pooling: resolved when built ("auto" reads the source folder, which the export does not keep)
+    assert text == {"model": "text_encoder", "pretrained": False, "max_length": 16, "clap_checkpoint": None,
+                    "pooling": "pooler"}
     assert config["audio_encoder"]["init_args"]["checkpoint"] is None and config["text_tokenizer"] is None
     files = sorted(p.name for p in (out / "text_encoder").iterdir())
     assert "config.json" in files and "tokenizer.json" in files

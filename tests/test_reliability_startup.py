@@ -31,6 +31,9 @@ SETTINGS = {
                                                              "model.cascade.init_args.heads: cascade width 63 is not"),
     "temperature_0": (["--model.temperature=0"], "model.temperature: temperature must be in (0, 1], got 0.0"),
     "dropout_1.5": (["--model.cascade.init_args.dropout=1.5"], "model.cascade.init_args.dropout: dropout probability"),
+    "audio_window": (["--data.init_args.clip_seconds=5"], "data.init_args.sample_rate=48000, clip_seconds=5.0 "
+                     "(240000 samples) but model.audio_encoder (ClapAudioEncoder) takes 48000 Hz windows of 480000 "
+                     "samples: set data.init_args.sample_rate: 48000 and data.init_args.clip_seconds: 10"),
     "hf_id_offline": (["--model.text_encoder=coattn.encoders.HFTextEncoder",
                        "--model.text_encoder.init_args.model=no-such-org/no-such-model"],
                       "cannot load text model 'no-such-org/no-such-model'"),

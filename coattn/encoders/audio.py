@@ -12,8 +12,8 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from coattn.encoders.base import AudioTower
 from coattn.encoders.clap_checkpoint import load_branch, load_clap_state_dict, reject_fusion, select_prefix
 from coattn.encoders.htsat import clap_model_config, import_htsat
 from coattn.features import SequenceFeatures
@@ -66,7 +66,7 @@ def use_fft_spectrogram(extractor: torch.nn.Module) -> None:
     extractor.forward = forward
 
 
-class ClapAudioEncoder(nn.Module):
+class ClapAudioEncoder(AudioTower):
     """LAION-CLAP's HTS-AT audio encoder -> ``SequenceFeatures`` of 32 frames (~0.31 s each).
 
     Args:
@@ -96,11 +96,13 @@ class ClapAudioEncoder(nn.Module):
 
     def __init__(self, config: str = "HTSAT-tiny", checkpoint: str | None = None, freeze: bool = False,
                  spec_augment: bool = True, frozen_norm: bool = False, drop_path_rate: float = 0.1):
-        super().__init__()
         if config not in AUDIO_CONFIGS:
             raise ValueError(f"unknown audio config {config!r}; choose one of {sorted(AUDIO_CONFIGS)}")
         preset = AUDIO_CONFIGS[config]
         cfg = types.SimpleNamespace(**clap_model_config(preset.clap_json)["audio_cfg"])  # htsat reads attributes
+        # 48000 Hz, 480000 samples = 10 s, 32 frames of ~0.31 s
+        super().__init__(sample_rate=int(cfg.sample_rate), clip_samples=int(cfg.clip_samples), num_frames=32,
+                         out_dim=preset.out_dim, freeze=freeze)
         htsat = import_htsat()
         with warnings.catch_warnings():  # htsat's relative-position code calls torch.meshgrid without indexing=
             warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
@@ -112,12 +114,7 @@ class ClapAudioEncoder(nn.Module):
         use_fft_spectrogram(self.model.spectrogram_extractor)
         self.config = config
         self.checkpoint = checkpoint
-        self.freeze = freeze
         self.spec_augment, self.frozen_norm = spec_augment, frozen_norm
-        self.out_dim = preset.out_dim
-        self.num_frames = 32
-        self.sample_rate = int(cfg.sample_rate)  # 48000
-        self.clip_samples = int(cfg.clip_samples)  # 480000 = 10 s
         self._checkpoint_id = None
         if checkpoint is not None:
             state = load_clap_state_dict(checkpoint)
@@ -125,15 +122,10 @@ class ClapAudioEncoder(nn.Module):
             load_branch(self.model, select_prefix(state, "audio_branch."), source=str(checkpoint),
                         target=f"ClapAudioEncoder(config={config!r}) audio_branch")
             self._checkpoint_id = file_identity(checkpoint)
-        if freeze:
-            self.requires_grad_(False)
-        # Apply the freeze / spec_augment / frozen_norm modes now: Lightning (>= 2.2) does not call
-        # .train() when fitting starts, it keeps (and after validation restores) each module's mode.
-        self.train()
+        self.finish_init()  # freeze / spec_augment / frozen_norm modes hold from construction
 
     def train(self, mode: bool = True) -> "ClapAudioEncoder":
-        # a frozen encoder stays in eval so its features are deterministic (and cacheable)
-        super().train(mode and not self.freeze)
+        super().train(mode)  # AudioTower: a frozen encoder stays in eval
         if not self.spec_augment:
             self.model.spec_augmenter.train(False)  # torchlibrosa's DropStripes is a no-op in eval
         if self.frozen_norm:
@@ -147,20 +139,14 @@ class ClapAudioEncoder(nn.Module):
         # random init depends on the seed: key on the weights themselves (~0.2 s for tiny's 125 MB)
         return f"ClapAudioEncoder:{self.config}:random-init:{weights_digest(self.model)}"
 
-    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None) -> SequenceFeatures:
-        """``lengths``: (B,) samples of each clip's own audio (the rest is zero padding, ``pad: zeros``):
-        frames that hold none of it are masked. None: every clip fills the window."""
-        if waveform.dim() != 2 or waveform.shape[1] != self.clip_samples:
-            raise ValueError(f"expected waveforms of shape (B, {self.clip_samples}) at {self.sample_rate} Hz, "
-                             f"got {tuple(waveform.shape)}; pad/crop clips to {self.clip_samples} samples")
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            out = self.model({"waveform": waveform}, mixup_lambda=None, device=waveform.device)
+    def export_args(self) -> dict:
+        return {"checkpoint": None}  # an exported model's safetensors hold the weights
+
+    def encode(self, waveform: torch.Tensor, lengths: torch.Tensor | None,
+               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """states = one row per HTS-AT time step, pooled = HTS-AT ``embedding`` (over the whole window)."""
+        out = self.model({"waveform": waveform}, mixup_lambda=None, device=waveform.device)
         fine = out["fine_grained_embedding"]  # (B, 1024, D), each step repeated _REPEAT times in a row
         assert fine.shape[1] == self.num_frames * _REPEAT, f"unexpected HTS-AT fine-grained shape {tuple(fine.shape)}"
         # contiguous: a strided view would keep (and torch.save would write) all 1024 rows
-        states = fine[:, ::_REPEAT].contiguous()  # (B, 32, D)
-        mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
-        if lengths is not None:  # frame f covers samples [f, f + 1) * clip_samples / frames: real if it starts inside
-            frames = torch.ceil(lengths.to(states.device).float() * self.num_frames / self.clip_samples).clamp(1)
-            mask = torch.arange(self.num_frames, device=states.device)[None, :] < frames[:, None]
-        return SequenceFeatures(states=states, mask=mask, pooled=out["embedding"])
+        return fine[:, ::_REPEAT].contiguous(), out["embedding"]  # (B, 32, D), (B, D)

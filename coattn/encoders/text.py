@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from coattn.encoders.clap_checkpoint import load_branch, load_clap_state_dict, select_prefix
+from coattn.encoders.packaged import PREFIX, resolve_model
 from coattn.features import SequenceFeatures
 from coattn.io import file_identity, weights_digest
 
@@ -38,7 +39,8 @@ class TextEncoder(nn.Module):
 
     Subclasses set ``self.model`` (a Hugging Face encoder returning ``last_hidden_state`` and
     optionally ``pooler_output``), ``self.tokenizer`` and ``self.out_dim``. pooled =
-    ``pooler_output`` when the model has a pooler (what CLAP uses), else the masked mean.
+    ``pooler_output`` when the model has a pooler (what CLAP uses), else the masked mean;
+    ``self.pooling = "mean"`` takes the masked mean whatever the model has (sentence-transformers').
     """
 
     def __init__(self, max_length: int, freeze: bool):
@@ -49,6 +51,7 @@ class TextEncoder(nn.Module):
         self.freeze = freeze
         self.tokenizer = None
         self.out_dim: int = 0
+        self.pooling = "auto"
 
     def _apply_freeze(self) -> None:
         if self.freeze:
@@ -97,7 +100,7 @@ class TextEncoder(nn.Module):
             out = self.model(input_ids=ids, attention_mask=attn)
         states = out.last_hidden_state  # (B, L, D)
         mask = attn.bool()
-        pooled = getattr(out, "pooler_output", None)
+        pooled = getattr(out, "pooler_output", None) if self.pooling != "mean" else None
         if pooled is None:
             w = mask.unsqueeze(-1).to(states.dtype)
             pooled = (states * w).sum(1) / w.sum(1).clamp_min(1.0)
@@ -111,7 +114,9 @@ class HFTextEncoder(TextEncoder):
     """A pretrained Hugging Face encoder (the paper's RoBERTa), optionally with CLAP's text branch.
 
     Args:
-        model: hub id (e.g. "roberta-base") or local folder holding tokenizer + weights. With
+        model: hub id (e.g. "roberta-base"), local folder holding tokenizer + weights, or
+            ``package:<name>`` for a model shipped in an installed package, extracted once
+            (``coattn.encoders.packaged``; e.g. ``package:all-minilm-l6-v2``, 384-d). With
             HF_HUB_OFFLINE=1 only local folders and the local HF cache are used.
         max_length: captions are truncated to this many tokens including <s> and </s>
             (CLAP used 77; Clotho captions are 8-20 words, so 32 truncates almost nothing).
@@ -123,15 +128,24 @@ class HFTextEncoder(TextEncoder):
             (random weights) for weights that come from elsewhere: an exported coattn model
             (``coattn export``) keeps the tokenizer and ``config.json`` in its ``text_encoder/``
             folder and every weight in its ``model.safetensors``.
+        pooling: the ``pooled`` vector. "pooler": the model's ``pooler_output`` (RoBERTa/CLAP);
+            "mean": the mean of the real tokens' states (sentence-transformers' pooling: BERT's
+            pooler in all-MiniLM-L6-v2's file is the untrained NSP head); "auto": "mean" when the
+            folder is a sentence-transformers model whose ``1_Pooling/config.json`` says mean
+            tokens, else "pooler" when the model has one, else "mean".
     """
 
     def __init__(self, model: str = "roberta-base", max_length: int = 32, clap_checkpoint: str | None = None,
-                 freeze: bool = False, pretrained: bool = True):
+                 freeze: bool = False, pretrained: bool = True, pooling: str = "auto"):
         super().__init__(max_length, freeze)
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+        if pooling not in ("auto", "pooler", "mean"):
+            raise ValueError(f"pooling must be 'auto', 'pooler' or 'mean', got {pooling!r}")
         self.model_name = model
         self.clap_checkpoint = clap_checkpoint
+        packaged = model.startswith(PREFIX)
+        model = resolve_model(model)  # package:<name> -> its prepared folder
         is_dir = Path(model).expanduser().is_dir()
         offline = hf_offline()
         try:
@@ -143,6 +157,7 @@ class HFTextEncoder(TextEncoder):
                 net = AutoModel.from_config(AutoConfig.from_pretrained(model, local_files_only=offline or is_dir))
         except Exception as e:
             where = "" if is_dir else (" (no such local folder either)" if os.sep in model else "")
+            where = f" (prepared from {self.model_name})" if packaged else where
             mode = " with HF_HUB_OFFLINE=1 (only local folders and the local HF cache are searched)" if offline else ""
             raise RuntimeError(
                 f"cannot load text model {model!r}{where}{mode}: {type(e).__name__}: "
@@ -163,6 +178,7 @@ class HFTextEncoder(TextEncoder):
             raise ValueError(f"max_length={max_length} too long for {model!r} (max_position_embeddings={max_pos})")
         self.tokenizer = tokenizer
         self.model = net
+        self.pooling = _pooling(pooling, Path(model) if is_dir else None, net)
         self.out_dim = int(net.config.hidden_size)  # 768 for roberta-base
         if not pretrained:  # the weights are loaded later: key on them when asked (identity())
             self._source_id = None
@@ -180,7 +196,21 @@ class HFTextEncoder(TextEncoder):
 
     def identity(self) -> str:
         source = self._source_id or f"weights={weights_digest(self.model)}"
-        return f"HFTextEncoder:{source}:max_length={self.max_length}:clap={self._clap_id}"
+        mean = ":pooling=mean" if self.pooling == "mean" else ""
+        return f"HFTextEncoder:{source}:max_length={self.max_length}:clap={self._clap_id}{mean}"
+
+
+def _pooling(pooling: str, folder: Path | None, net: nn.Module) -> str:
+    """Resolve ``pooling="auto"`` (HFTextEncoder's docstring)."""
+    if pooling != "auto":
+        return pooling
+    config = folder / "1_Pooling" / "config.json" if folder is not None else None
+    if config is not None and config.is_file():
+        import json
+
+        if json.loads(config.read_text()).get("pooling_mode_mean_tokens"):
+            return "mean"
+    return "pooler" if getattr(net, "pooler", None) is not None else "mean"
 
 
 def _weights_file(folder: Path) -> str:

@@ -21,7 +21,8 @@ What it adds to LightningCLI, in the order it happens:
    train nothing, an evaluation without ``--ckpt_path`` or ``--model DIR`` (unless ``--untrained
    true``), an output folder that cannot be written: one line each. A fit takes the run folder's
    lock (one fit per folder, the holder named) and refuses a fresh start over another run's
-   checkpoints. An error raised while a configured class is built is one line naming its key.
+   checkpoints. An error raised while a configured class is built is one line naming its key. Once
+   built, the data module must cut the audio tower's window (``startup.audio_window``).
 3. **Who wins with a checkpoint** (or an exported folder): it restores the *architecture* (the
    ``model`` keys that are ``CoAttnModel``'s arguments: encoders, cascade, heads), so it always
    matches the weights;
@@ -302,6 +303,8 @@ class CoAttnCLI(LightningCLI):
         sub, cfg = self._section()
         if sub in startup.EVAL_STAGES and not cfg.get("ckpt_path") and self._exported is None:
             startup.untrained_tokenizer(self.model)
+        if getattr(self, "model", None) is not None:
+            startup.audio_window(self.model, getattr(self, "datamodule", None))
         if self._ckpt_shapes is None or getattr(self, "model", None) is None:
             return
         own = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}

@@ -12,6 +12,8 @@ Called by ``CoAttnCLI`` (coattn/train/cli.py) after parsing, before the classes 
   weights (and the tiny text encoder has no tokenizer yet); refused unless ``--untrained true``.
 * ``output_folders``: every folder the command writes (run folder, checkpoints, logs, results),
   created and probed for writing now, not after an hour of training or scoring.
+* ``audio_window``: the data module must cut the windows the audio tower takes: its ``sample_rate`` and
+  ``clip_seconds`` are the tower's (CLAP: 48000 Hz, 10 s; aisfx: 44100 Hz, its ``clip_seconds``).
 * ``best_checkpoint``: ``--ckpt_path best`` in a new process, where Lightning knows no best model:
   the ``best_model_path`` that the newest ``last*.ckpt`` of the run recorded.
 
@@ -72,6 +74,19 @@ def untrained_tokenizer(model) -> None:
         raise ConfigError(f"--untrained true: {type(enc).__name__}'s tokenizer is trained by `coattn fit` and stored "
                           "in its checkpoints, so there is no untrained model to evaluate; pass --ckpt_path, or use a "
                           "pretrained text encoder (coattn.encoders.HFTextEncoder)")
+
+
+def audio_window(model, datamodule) -> None:
+    """``ConfigError`` when the data module's audio window is not the one the audio tower takes."""
+    enc = getattr(getattr(model, "model", None), "audio_encoder", None)
+    want = (getattr(enc, "sample_rate", None), getattr(enc, "clip_samples", None))
+    have = (getattr(datamodule, "sample_rate", None), getattr(datamodule, "num_samples", None))
+    if None in want or None in have or tuple(map(int, want)) == tuple(map(int, have)):
+        return
+    sr, n = map(int, want)
+    raise ConfigError(f"data.init_args.sample_rate={have[0]}, clip_seconds={getattr(datamodule, 'clip_seconds', '?')} "
+                      f"({have[1]} samples) but model.audio_encoder ({type(enc).__name__}) takes {sr} Hz windows of "
+                      f"{n} samples: set data.init_args.sample_rate: {sr} and data.init_args.clip_seconds: {n / sr:g}")
 
 
 def output_folders(sub: str, cfg) -> list[tuple[str, str]]:

@@ -251,7 +251,7 @@ def build_bank(candidates: Iterable[Candidate], out: str | Path, options: BuildO
     rows, skipped, seen = [], [], {}
     cands = sorted(candidates, key=lambda c: c.id)
     for i, c in enumerate(cands):
-        reason = c.skip or (None if c.phrase else "no usable phrase in the description")
+        reason = c.skip or (None if c.phrase else "no usable phrase: the description is not a short noun phrase (a CSV may give a phrase column)")
         if reason is None:
             reason, row, digest = _one(c, root, o)
             if reason is None and digest in seen:

@@ -159,12 +159,13 @@ def _file_candidate(audio: Path, cid: str, description: str, category: str, sour
 
 
 def csv_candidates(csv_path: Path, audio_dir: Path) -> list[Candidate]:
-    """Columns file, description (required); phrase, label, category (optional: else derived)."""
+    """Columns file, description (required); phrase, label, category (optional: else derived). A description
+    that is not a short noun phrase, in a row without a phrase, is skipped (file names are not words here)."""
     out = []
     for row in _rows(csv_path, ("file", "description")):
         name = (row["file"] or "").strip()
         desc = (row["description"] or "").strip()
-        phrase = (row.get("phrase") or "").strip().lower() or phrase_from_description(desc, Path(name).stem)
+        phrase = (row.get("phrase") or "").strip().lower() or phrase_from_description(desc, "")  # no name fallback
         out.append(_file_candidate(audio_dir / name, slug(str(Path(name).with_suffix(""))), desc,
                                    (row.get("category") or "").strip(), "csv", phrase,
                                    (row.get("label") or "").strip().lower() or None))

@@ -17,7 +17,8 @@ reverse order, so that only the order tells them apart.
     crop       the first 60 % of every recording feeds development, the last 40 % validation/evaluation
 
 synth_metadata.json, per clip: "events" [{"type" (label), "count", "sound" (id), "phrase",
-"occurrences" [[onset, offset] s, ...]}], "captions" [{"text", "reversed", "count_changed"}],
+"occurrences" [[onset, offset] s, ...],
+"crop" [start, end] s of the recording used}], "captions" [{"text", "reversed", "count_changed"}],
 "twin" (key of the twin clip or null), "sounds_bank" {"path", "hash"}, "split_by", "noise_level".
 Every clip draws from its own ``SeedSequence([seed, split, index])`` (a twin from its partner's plan
 and its own sequence): the same seed gives byte-identical files.
@@ -173,7 +174,7 @@ class Event:
     level: float
 
 
-def plan(pool: dict[str, list[Piece]], n: int, sr: int, rng: np.random.Generator) -> list[Event]:
+def plan(pool: dict[str, list[Piece]], n: int, sr: int, rng: np.random.Generator, audio: AudioCache) -> list[Event]:
     """2 or 3 events with distinct labels (labels drawn uniformly, then one of their pieces)."""
     labels = sorted(pool)
     k = 2 if len(labels) < 3 or rng.random() < 0.5 else 3
@@ -187,9 +188,27 @@ def plan(pool: dict[str, list[Piece]], n: int, sr: int, rng: np.random.Generator
         rep_gap = REPEAT_GAP[1] * sr * scale  # the longest gap render() may draw
         room = int((budget - (count - 1) * rep_gap) / count * rng.uniform(0.7, 1.0))
         length = max(16, min(piece.end - piece.start, room))
-        offset = piece.start + int(rng.integers(0, piece.end - piece.start - length + 1))
+        offset = _crop(audio(piece.sound), piece, length, rng)
         events.append(Event(piece, count, length, offset, float(rng.uniform(0.35, 0.7))))
     return events
+
+
+def _crop(x: np.ndarray, piece: Piece, length: int, rng: np.random.Generator, tries: int = 8) -> int:
+    """Start of a ``length`` window inside the piece: random, but not in a quiet stretch of a long
+    recording (the first of ``tries`` windows within 12 dB of the piece's RMS, else the loudest tried)."""
+    span = piece.end - piece.start - length
+    if span <= 0:
+        return piece.start
+    ref = float(np.sqrt(np.mean(np.square(x[piece.start:piece.end], dtype=np.float64))))
+    best, best_rms = piece.start, -1.0
+    for _ in range(tries):
+        o = piece.start + int(rng.integers(0, span + 1))
+        rms = float(np.sqrt(np.mean(np.square(x[o:o + length], dtype=np.float64))))
+        if rms >= ref / 4:
+            return o
+        if rms > best_rms:
+            best, best_rms = o, rms
+    return best
 
 
 def render(events: list[Event], n: int, sr: int, audio: AudioCache, rng: np.random.Generator
@@ -270,7 +289,7 @@ def synthesize_from_bank(bank_path: str | Path, out_dir: str | Path, seed: int =
             if i in twins:
                 events = plans[twins[i]][::-1]  # the primary has the lower index: already planned
             else:
-                events = plan(split_pools[split], n_samples, sample_rate, rng)
+                events = plan(split_pools[split], n_samples, sample_rate, rng, audio)
             plans[i] = events
             probes = captions([(e.piece.sound.phrase, e.count) for e in events], rng)
             wave, occurrences, noise_level = render(events, n_samples, sample_rate, audio, rng)
@@ -279,7 +298,8 @@ def synthesize_from_bank(bank_path: str | Path, out_dir: str | Path, seed: int =
             rows.append([fname, *(c["text"] for c in probes)])
             metadata[f"{split}/{fname}"] = {
                 "events": [{"type": e.piece.sound.label, "count": e.count, "sound": e.piece.sound.id,
-                            "phrase": e.piece.sound.phrase, "occurrences": occ}
+                            "phrase": e.piece.sound.phrase, "occurrences": occ,
+                            "crop": [round(e.offset / sample_rate, 4), round((e.offset + e.length) / sample_rate, 4)]}
                            for e, occ in zip(events, occurrences)],
                 "captions": probes,
                 "twin": f"{split}/{split}_{partner[i]:05d}.wav" if i in partner else None,

@@ -199,13 +199,14 @@ def phrase_from_name(name: str) -> str:
 MASS_NOUNS = frozenset("rain wind water fire thunder music applause laughter traffic speech snoring breathing "
                        "typing static noise hiss gravel sand rustle chatter".split())
 MAX_PHRASE_WORDS = 6
+NO_PHRASE = "no usable phrase: the description is not a short noun phrase (a CSV may give a phrase column)"
 
 
 def phrase_from_description(description: str, name: str) -> str | None:
     """The caption phrase of a one-line description ('A dog.' -> 'a dog', 'An electric kettle.' ->
     'an electric kettle', 'A baby sheep (a lamb).' -> 'a baby sheep'). A description that is not a short
-    noun phrase (over 3 words without a leading article, over 6 words, digits, other punctuation) falls back to the file's
-    ``name``. None when the description is a quotation (the text of a sign: names no sound source)."""
+    noun phrase (over 3 words without a leading article, over 6 words, digits, other punctuation) falls
+    back to the file's ``name``. None when the description is a quotation (the text of a sign: names no sound source)."""
     text = description.strip()
     if text[:1] in "\"“'‘«":
         return None
@@ -251,7 +252,7 @@ def build_bank(candidates: Iterable[Candidate], out: str | Path, options: BuildO
     rows, skipped, seen = [], [], {}
     cands = sorted(candidates, key=lambda c: c.id)
     for i, c in enumerate(cands):
-        reason = c.skip or (None if c.phrase else "no usable phrase: the description is not a short noun phrase (a CSV may give a phrase column)")
+        reason = c.skip or (None if c.phrase else NO_PHRASE)
         if reason is None:
             reason, row, digest = _one(c, root, o)
             if reason is None and digest in seen:

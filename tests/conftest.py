@@ -72,7 +72,8 @@ def exported_demo(demo_run, tiny_clotho):
 
 @pytest.fixture(scope="session")
 def tuxpaint_bank(tmp_path_factory) -> Path:
-    """The full tuxpaint-stamps-default package built into a bank: 10-30 s (dpkg-deb -x 7-25 s on 2 shared cores, the build 3 s)."""
+    """The full tuxpaint-stamps-default package built into a bank: 10-30 s (dpkg-deb -x 7-25 s on 2
+    shared cores, the build 3 s)."""
     if not TUXPAINT_DEB.is_file():
         pytest.skip(f"tuxpaint .deb not found at {TUXPAINT_DEB} (set COATTN_TUXPAINT_DEB)")
     root = tmp_path_factory.mktemp("tuxbank")

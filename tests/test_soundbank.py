@@ -40,7 +40,8 @@ def test_phrases_and_labels():
     assert phrase_from_description("A baby sheep (a lamb).", "sheep_lamb") == "a baby sheep"
     assert phrase_from_description("Big fireworks.", "fireworks") == "big fireworks"
     # sentences, digits, other punctuation: the file name
-    assert phrase_from_description("Remember to flush the toilet and wash your hands with soap!", "toilet") == "a toilet"
+    toilet = "Remember to flush the toilet and wash your hands with soap!"
+    assert phrase_from_description(toilet, "toilet") == "a toilet"
     assert phrase_from_description("We remember those who have died.", "final-roll-call") == "a final roll call"
     assert phrase_from_description("UB2006 “Penguin II” deep sea research vessel.", "bathyscape") == "a bathyscape"
     assert phrase_from_description("Hard candy—yum!", "hard_candy") == "a hard candy"
@@ -67,7 +68,8 @@ def fake_tux(tmp_path) -> Path:
     """A tuxpaint-layout tree: sounds, spoken descriptions, locales, symbols, a silent and a broken file."""
     st = tmp_path / "usr/share/tuxpaint/stamps"
     stamps = {"animals/dog": ("A dog.", _tone(0.8, 440)), "animals/cow": ("A cow.", _tone(1.0, 220)),
-              "animals/cow_white": ("A cow.", _tone(1.2, 230)), "household/kettle": ("An electric kettle.", _tone(1, 880)),
+              "animals/cow_white": ("A cow.", _tone(1.2, 230)),
+              "household/kettle": ("An electric kettle.", _tone(1, 880)),
               "animals/wombat": ("A wombat.", np.zeros(22050)), "symbols/math/1": ("One.", _tone(0.5, 300)),
               "town/flags/checkeredflag": ("A checkered flag.", _tone(1, 600)),
               "town/signs/stop": ("“Stop”.", _tone(1, 650)), "animals/click": ("A click.", _tone(0.02, 1000)),
@@ -134,7 +136,8 @@ def test_csv_source_problems_per_file(tmp_path, capsys):
     sf.write(str(audio / "b.flac"), np.stack([_tone(1, 660, 48000)] * 2, 1), 48000)  # stereo, 48 kHz
     sf.write(str(audio / "c.wav"), _tone(1, 550, 44100), 44100)
     rows = [("a.wav", "A dog barks loudly in the yard at night.", "", "a barking dog"),
-            ("b.flac", "An old bell.", "church bell", ""), ("c.wav", "A dog barks loudly in the yard at night.", "", ""),
+            ("b.flac", "An old bell.", "church bell", ""),
+            ("c.wav", "A dog barks loudly in the yard at night.", "", ""),
             ("missing.wav", "A cat.", "", "")]
     with open(tmp_path / "in.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -178,10 +181,12 @@ def test_esc50_and_fsd50k_layouts(tmp_path):
         sf.write(str(fsd / "FSD50K.dev_audio" / f"{i}.wav"), _tone(1, 200 * i, 44100), 44100)
     (fsd / "FSD50K.ground_truth/dev.csv").write_text(
         'fname,labels,mids,split\n1,"Bark,Dog,Domestic_animals_and_pets,Animal","/m/05tny_,/m/0bt9lr",train\n'
-        '2,"Male_speech_and_man_speaking,Speech,Human_voice","/m/1",train\n3,"Electric_guitar,Guitar,Music","/m/2",val\n')
+        '2,"Male_speech_and_man_speaking,Speech,Human_voice","/m/1",train\n'
+        '3,"Electric_guitar,Guitar,Music","/m/2",val\n')
     assert main(["build", str(tmp_path / "b2"), "--fsd50k", str(fsd)]) == 0
     sounds = {s.id: s for s in load_bank(tmp_path / "b2")}
-    assert {(s.label, s.phrase) for s in sounds.values()} == {("bark", "a bark"), ("electric guitar", "an electric guitar")}
+    assert {(s.label, s.phrase) for s in sounds.values()} == {("bark", "a bark"),
+                                                             ("electric guitar", "an electric guitar")}
     assert sounds["fsd50k-dev-1"].category == "Animal/Domestic_animals_and_pets/Dog"
     assert _reasons(tmp_path / "b2") == {"fsd50k-dev-2": "spoken word (a speech label)"}
 
@@ -206,13 +211,15 @@ def test_tuxpaint_package(tuxpaint_bank):
     reasons = _reasons(tuxpaint_bank)
     bank = {s.id: s for s in load_bank(tuxpaint_bank)}
     # the package's silent recordings (peak 0 after decoding) are reported, not kept
-    assert {k for k, r in reasons.items() if r.startswith("silent")} >= {"animals-mammals-giraffe", "animals-birds-nandou"}
+    silent = {k for k, r in reasons.items() if r.startswith("silent")}
+    assert silent >= {"animals-mammals-giraffe", "animals-birds-nandou"}
     spoken = {k for k, r in reasons.items() if r.startswith("spoken word")}
     assert "symbols-math-1" in spoken and all(k.startswith("symbols-") for k in spoken) and len(spoken) >= 20
     assert reasons["town-flags-checkeredflag"].startswith("not a sound source")
     assert reasons["military-final-roll-call"].startswith("not a sound source")
     assert report["ignored_files"]["spoken description (<name>_desc*)"] > 1000
-    assert bank["animals-mammals-dogs-dog"].phrase == "a dog" and bank["household-kettle"].phrase == "an electric kettle"
+    assert bank["animals-mammals-dogs-dog"].phrase == "a dog"
+    assert bank["household-kettle"].phrase == "an electric kettle"
     assert bank["animals-mammals-bovines-cow"].label == bank["animals-mammals-bovines-cow-white"].label == "cow"
     assert bank["household-toilet"].phrase == "a toilet"  # a long sentence: the stamp's name
     assert not any(s.id.startswith("symbols") for s in bank.values()) and len(bank) >= 80

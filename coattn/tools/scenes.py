@@ -3,10 +3,11 @@
     coattn sounds build data/bank --tuxpaint
     coattn synth --sounds data/bank data/scenes --twin-share 0.4 --split-by sound
 
-Each clip holds 2-3 events with distinct labels in sequence, some repeated (count 2-3 for about a third
-of the events), separated by gaps, over background noise at a random low level. Its five captions use
-varied templates built on the bank's phrases ("a dog, then a cow", "a dog is heard twice before a cow",
-"first ..., followed by ...", "... and finally ..."). A share of every split (``--twin-share``) is
+Each clip holds 2-3 events with distinct labels in sequence, some repeated (count 2-3 for about a
+third of the events), separated by gaps, over background noise (white or pink) at a random low level,
+at least 20 dB under the quietest event. Its five captions use varied templates built on the bank's
+phrases ("a dog, then a cow", "a dog is heard twice before a cow", "first ..., followed by ...",
+"... and finally ..."). A share of every split (``--twin-share``) is
 made of **order twins**: two clips of one split with the same recordings, counts and crops, in
 reverse order, so that only the order tells them apart.
 
@@ -222,13 +223,16 @@ def render(events: list[Event], n: int, sr: int, audio: AudioCache, rng: np.rand
     if free < 0:
         raise RuntimeError("scene plan does not fit the clip")  # plan() leaves room: a bug if raised
     slots = rng.dirichlet(np.ones(len(events) + 1)) * free  # silence before, between and after the events
-    noise_level = float(rng.uniform(0.002, 0.01))
+    clips = [fade(audio(e.piece.sound)[e.offset:e.offset + e.length], sr) * e.level for e in events]
+    # background: a random low level, but at least 20 dB under the quietest event, so that every
+    # event the captions name stays audible (a sparse sound, a rustle, has a low RMS for its peak)
+    quietest = min(float(np.sqrt(np.mean(np.square(c, dtype=np.float64)))) for c in clips)
+    noise_level = min(float(rng.uniform(0.002, 0.01)), quietest / 10)
     noise = _pink(n, rng) if rng.random() < 0.5 else rng.standard_normal(n)  # half the clips: duller pink noise
     x = noise / (noise.std() + 1e-12) * noise_level
     pos = margin + int(slots[0])
     occurrences = []
-    for j, (e, gaps) in enumerate(zip(events, rep_gaps)):
-        clip = fade(audio(e.piece.sound)[e.offset:e.offset + e.length], sr) * e.level
+    for j, (e, gaps, clip) in enumerate(zip(events, rep_gaps, clips)):
         occ = []
         for r in range(e.count):
             x[pos:pos + len(clip)] += clip

@@ -295,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--max-per-label", type=int, default=0, help="keep at most N recordings per label (0: all)")
     b.add_argument("--min-seconds", type=float, default=0.1, help="shorter after trimming: skipped (default 0.1)")
     b.add_argument("--max-seconds", type=float, default=30.0, help="longer: cut to this (default 30)")
-    b.add_argument("--cache-dir", default=os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "coattn", "sounds"),
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "coattn", "sounds")
+    b.add_argument("--cache-dir", default=cache,
                    help="where --tuxpaint downloads and extracts the package (default ~/.cache/coattn/sounds)")
     ls = sub.add_parser("list", help="labels, phrases and recordings of BANK")
     ls.add_argument("bank")

@@ -206,7 +206,8 @@ def phrase_from_description(description: str, name: str) -> str | None:
     """The caption phrase of a one-line description ('A dog.' -> 'a dog', 'An electric kettle.' ->
     'an electric kettle', 'A baby sheep (a lamb).' -> 'a baby sheep'). A description that is not a short
     noun phrase (over 3 words without a leading article, over 6 words, digits, other punctuation) falls
-    back to the file's ``name``. None when the description is a quotation (the text of a sign: names no sound source)."""
+    back to the file's ``name``. None when the description is a quotation (the text of a sign: it names
+    no sound source)."""
     text = description.strip()
     if text[:1] in "\"“'‘«":
         return None

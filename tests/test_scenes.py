@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from coattn.errors import DataNotFoundError
 from coattn.soundbank import Candidate, bank_digest, build_bank, load_bank
 from coattn.tools.scenes import CROP_TRAIN, SPLITS
 from coattn.tools.synth import main as synth
@@ -165,11 +164,12 @@ def test_split_by_crop_keeps_parts_apart(bank, tmp_path):
             assert (end <= cut + 1e-3) if side == "train" else (start >= cut - 1e-3), (side, e)
 
 
-def test_options_need_sounds_and_bank_must_exist(tmp_path):
+def test_options_need_sounds_and_bank_must_exist(tmp_path, capsys):
     with pytest.raises(SystemExit):
         synth([str(tmp_path / "x"), "--twin-share", "0.2"])
-    with pytest.raises(DataNotFoundError, match="no sound bank"):
-        synth(["--sounds", str(tmp_path / "nothing"), str(tmp_path / "x")])
+    assert "--twin-share and --split-by need --sounds BANK" in capsys.readouterr().err
+    assert synth(["--sounds", str(tmp_path / "nothing"), str(tmp_path / "x")]) == 1
+    assert capsys.readouterr().err.startswith("coattn: error: no sound bank at")
 
 
 @pytest.mark.slow

@@ -9,13 +9,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from coattn.errors import DataError
 from coattn.soundbank import FIELDS, label_of, load_bank, phrase_from_description, phrase_from_name
 from coattn.tools.sounds import main
 from tests.conftest import TUXPAINT_DEB
@@ -153,8 +153,11 @@ def test_csv_source_problems_per_file(tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("path,text\nx.wav,A dog.\n")
     from coattn.cli import main as cli
 
-    with pytest.raises(DataError, match=r"bad\.csv.*has no column file, description"):
-        cli(["sounds", "build", str(tmp_path / "bank3"), "--csv", str(tmp_path / "bad.csv"), "--audio-dir", "."])
+    capsys.readouterr()
+    bad = ["sounds", "build", str(tmp_path / "bank3"), "--csv", str(tmp_path / "bad.csv"), "--audio-dir", "."]
+    assert cli(bad) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.match(r"coattn: error: .*bad\.csv.*has no column file, description", err)
 
 
 def test_esc50_and_fsd50k_layouts(tmp_path):
@@ -225,3 +228,16 @@ def test_tuxpaint_package(tuxpaint_bank):
     assert not any(s.id.startswith("symbols") for s in bank.values()) and len(bank) >= 80
     assert all(s.sample_rate == 44100 and s.seconds >= 0.1 for s in bank.values())
     assert report["kept"] == len(bank)
+
+
+def test_fetch_without_apt_get_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    import coattn.tools.sounds as sounds
+
+    monkeypatch.setattr(sounds.shutil, "which", lambda name: None)
+    args = ["build", str(tmp_path / "bank"), "--tuxpaint", "--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 1
+    assert re.fullmatch(r"coattn: error: apt-get is not available.*--tuxpaint PATH\n", capsys.readouterr().err)
+    # a .deb already in the cache folder is used without apt-get (and, without dpkg-deb, Python's reader)
+    (tmp_path / "cache" / "tuxpaint-stamps-default_1.0_all.deb").write_bytes(b"not an archive")
+    assert main(args) == 1
+    assert "is not a Debian package" in capsys.readouterr().err

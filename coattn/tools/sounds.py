@@ -76,9 +76,15 @@ def extract_deb(deb: Path, cache: Path, log=lambda m: print(m, flush=True)) -> P
     if shutil.which("dpkg-deb"):
         res = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True)
         if res.returncode != 0:
-            raise DataError(f"cannot extract {str(deb)!r}: {res.stderr.strip().splitlines()[-1:]}")
+            shutil.rmtree(dest, ignore_errors=True)
+            raise DataError(f"cannot extract {str(deb)!r} with dpkg-deb: "
+                            f"{(res.stderr.strip().splitlines() or ['exit ' + str(res.returncode)])[-1]}")
     else:
-        _extract_deb_python(deb, dest)
+        try:
+            _extract_deb_python(deb, dest)
+        except (OSError, tarfile.TarError, EOFError) as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise DataError(f"cannot extract {str(deb)!r}: {type(exc).__name__}: {exc}") from None
     (dest / ".complete").write_text(str(deb))
     return dest
 
@@ -301,7 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     ls = sub.add_parser("list", help="labels, phrases and recordings of BANK")
     ls.add_argument("bank")
     a = p.parse_args(argv)
-    return build(a) if a.cmd == "build" else list_bank(a)
+    try:
+        return build(a) if a.cmd == "build" else list_bank(a)
+    except UserFacingError as exc:  # one line naming the file or option; COATTN_DEBUG=1: the traceback
+        if os.environ.get("COATTN_DEBUG"):
+            raise
+        print(f"coattn: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

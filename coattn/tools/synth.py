@@ -27,6 +27,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -414,13 +415,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _from_bank(a: argparse.Namespace) -> int:
+    from coattn.errors import UserFacingError
     from coattn.tools.scenes import synthesize_from_bank
 
     print(f"coattn synth: scenes from {a.sounds} -> {a.out_dir} (seed {a.seed})", flush=True)
-    s = synthesize_from_bank(a.sounds, a.out_dir, a.seed, {"development": a.n_train, "validation": a.n_val,
-                             "evaluation": a.n_eval}, a.seconds, a.sample_rate,
-                             0.4 if a.twin_share is None else a.twin_share, a.split_by or "sound",
-                             log=lambda m: print(m, flush=True))
+    try:
+        s = synthesize_from_bank(a.sounds, a.out_dir, a.seed, {"development": a.n_train, "validation": a.n_val,
+                                 "evaluation": a.n_eval}, a.seconds, a.sample_rate,
+                                 0.4 if a.twin_share is None else a.twin_share, a.split_by or "sound",
+                                 log=lambda m: print(m, flush=True))
+    except UserFacingError as exc:  # a missing or broken bank: one line (COATTN_DEBUG=1: the traceback)
+        if os.environ.get("COATTN_DEBUG"):
+            raise
+        print(f"coattn: error: {exc}", file=sys.stderr)
+        return 1
     print(f"done: {sum(s['clips'].values())} clips ({', '.join(f'{k} {v}' for k, v in s['clips'].items())}) of "
           f"{a.seconds:g} s at {a.sample_rate} Hz from {s['sounds_bank']['path']} (split by {s['split_by']}), "
           f"order twins {', '.join(f'{k} {v}' for k, v in s['twins'].items())}, 5 captions per clip, "

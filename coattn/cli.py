@@ -5,7 +5,7 @@
     coattn fit  --config experiments/demo.yaml --print_config      # the full resolved config
     coattn synth data/demo --seed 0                                 # built-in demo dataset
 
-Tools (synth, augment, data-check, prepare, search, probe, compare, export, serve, sweep) are plain
+Tools (synth, sounds, augment, data-check, prepare, search, probe, compare, export, serve, sweep) are plain
 ``main(argv) -> int`` functions under coattn/tools/, imported lazily, so ``coattn synth`` does not pay
 for importing Lightning. Errors meant for people (``coattn.errors.UserFacingError``) print one line
 ``coattn: error: ...`` and exit 1; ``COATTN_DEBUG=1`` shows the traceback as well.
@@ -18,6 +18,7 @@ import sys
 # name -> "module:function"; each takes the remaining argv and returns an exit code.
 TOOLS = {
     "synth": "coattn.tools.synth:main",
+    "sounds": "coattn.tools.sounds:main",
     "augment": "coattn.tools.augment:main",
     "data-check": "coattn.tools.data_check:main",
     "prepare": "coattn.tools.prepare:main",

@@ -14,6 +14,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# Debian's tuxpaint-stamps-default (real recorded sound effects): tests/test_soundbank.py, tests/test_scenes.py
+TUXPAINT_DEB = Path(os.environ.get("COATTN_TUXPAINT_DEB", "/work/cache/tuxpaint-stamps-default_2022.06.04-1_all.deb"))
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +68,16 @@ def exported_demo(demo_run, tiny_clotho):
     finally:
         os.chdir(cwd)
     return run, ckpt, run / "exported"
+
+
+@pytest.fixture(scope="session")
+def tuxpaint_bank(tmp_path_factory) -> Path:
+    """The full tuxpaint-stamps-default package built into a bank: 10-30 s (dpkg-deb -x 7-25 s on 2
+    shared cores, the build 3 s)."""
+    if not TUXPAINT_DEB.is_file():
+        pytest.skip(f"tuxpaint .deb not found at {TUXPAINT_DEB} (set COATTN_TUXPAINT_DEB)")
+    root = tmp_path_factory.mktemp("tuxbank")
+    from coattn.tools.sounds import main
+
+    assert main(["build", str(root / "bank"), "--tuxpaint", str(TUXPAINT_DEB), "--cache-dir", str(root / "cache")]) == 0
+    return root / "bank"

@@ -2,6 +2,7 @@
 
     coattn synth data/demo --seed 0                       # 400/100/100 clips of 10 s: 21 s on 2 shared cores
     coattn synth /tmp/tiny --n-train 6 --n-val 3 --n-eval 3 --seconds 2
+    coattn synth --sounds data/bank data/scenes --twin-share 0.4     # real recordings (coattn/tools/scenes.py)
 
 Each clip is a small sound scene: 2-3 synthetic events (12 types, acoustically distinct on a
 log-mel spectrogram) placed one after the other, some repeated, over low background noise. The
@@ -26,6 +27,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -389,9 +391,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-eval", type=int, default=100, help="clips in evaluation/ (default 100)")
     p.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10 s, CLAP's input length)")
     p.add_argument("--sample-rate", type=int, default=44100, help="Clotho's rate; the loader resamples to 48 kHz")
+    p.add_argument("--sounds", metavar="BANK", help="compose scenes from this sound bank (`coattn sounds build`) "
+                   "instead of synthetic events")
+    p.add_argument("--twin-share", type=float, help="with --sounds: share of every split made of order twins "
+                   "(same sounds and counts, reverse order; default 0.4)")
+    p.add_argument("--split-by", choices=("sound", "recording", "crop"),
+                   help="with --sounds: what keeps development and evaluation audio apart (default sound)")
     a = p.parse_args(argv)
     if min(a.n_train, a.n_val, a.n_eval) < 0 or a.seconds < 0.5 or a.sample_rate < 8000:
         p.error("need counts >= 0, --seconds >= 0.5 and --sample-rate >= 8000")
+    if a.sounds:
+        return _from_bank(a)
+    if a.twin_share is not None or a.split_by is not None:
+        p.error("--twin-share and --split-by need --sounds BANK")
     print(f"coattn synth: writing to {a.out_dir} (seed {a.seed})", flush=True)
     s = synthesize(a.out_dir, a.seed, {"development": a.n_train, "validation": a.n_val, "evaluation": a.n_eval},
                    a.seconds, a.sample_rate, log=lambda m: print(m, flush=True))
@@ -399,6 +411,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"done: {total} clips ({', '.join(f'{k} {v}' for k, v in s['clips'].items())}) of {a.seconds:g} s at "
           f"{a.sample_rate} Hz, {len(EVENTS)} event types, {s['distinct_scenes']} distinct scenes, "
           f"5 captions per clip, {s['seconds_elapsed']} s")
+    return 0
+
+
+def _from_bank(a: argparse.Namespace) -> int:
+    from coattn.errors import UserFacingError
+    from coattn.tools.scenes import synthesize_from_bank
+
+    print(f"coattn synth: scenes from {a.sounds} -> {a.out_dir} (seed {a.seed})", flush=True)
+    try:
+        s = synthesize_from_bank(a.sounds, a.out_dir, a.seed, {"development": a.n_train, "validation": a.n_val,
+                                 "evaluation": a.n_eval}, a.seconds, a.sample_rate,
+                                 0.4 if a.twin_share is None else a.twin_share, a.split_by or "sound",
+                                 log=lambda m: print(m, flush=True))
+    except UserFacingError as exc:  # a missing or broken bank: one line (COATTN_DEBUG=1: the traceback)
+        if os.environ.get("COATTN_DEBUG"):
+            raise
+        print(f"coattn: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"done: {sum(s['clips'].values())} clips ({', '.join(f'{k} {v}' for k, v in s['clips'].items())}) of "
+          f"{a.seconds:g} s at {a.sample_rate} Hz from {s['sounds_bank']['path']} (split by {s['split_by']}), "
+          f"order twins {', '.join(f'{k} {v}' for k, v in s['twins'].items())}, 5 captions per clip, "
+          f"{s['seconds_elapsed']} s")
     return 0
 
 

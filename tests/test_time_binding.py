@@ -31,7 +31,8 @@ class WordEncoder(FakeEncoder):
         states, mask = torch.zeros(len(captions), n, self.out_dim), torch.zeros(len(captions), n, dtype=torch.bool)
         for i, ws in enumerate(words):
             for j, w in enumerate(ws):
-                states[i, j] = torch.randn(self.out_dim, generator=torch.Generator().manual_seed(zlib.crc32(w.encode())))
+                g = torch.Generator().manual_seed(zlib.crc32(w.encode()))
+                states[i, j] = torch.randn(self.out_dim, generator=g)
                 mask[i, j] = True
         return SequenceFeatures(states, mask, states.sum(1) / mask.sum(1, keepdim=True))
 
@@ -41,7 +42,8 @@ class WordEncoder(FakeEncoder):
 
 def model(kind="iterating", seed=0, width=32, feature_norm=False) -> CoAttnModel:
     torch.manual_seed(seed)
-    cascade = CoAttentionCascade(kind=kind, depth=2, width=width, heads=4, ffn_dim=64, dropout=0.0, positions="relative")
+    cascade = CoAttentionCascade(kind=kind, depth=2, width=width, heads=4, ffn_dim=64, dropout=0.0,
+                                 positions="relative")
     return CoAttnModel(FakeEncoder(24), WordEncoder(20), cascade, embed_dim=16, feature_norm=feature_norm).train()
 
 
@@ -65,7 +67,8 @@ def test_residual_with_a_silent_cascade_is_the_dual_loss(monkeypatch):
                    clips)
     torch.testing.assert_close(half, dual)
     plain = RetrievalLoss()(m, audio, text, clips, clips)["pair_loss"]
-    assert float(plain.detach()) != pytest.approx(float(out["pair_loss"].detach()))  # off by default: the pair score alone
+    # off by default: the pair score alone
+    assert float(plain.detach()) != pytest.approx(float(out["pair_loss"].detach()))
 
 
 def test_residual_caption_negatives_carry_their_own_dual_score(monkeypatch):
@@ -210,3 +213,34 @@ def test_grounding_term_trains_the_cascade_attention(kind):
     grads = [p.grad for n, p in m.named_parameters() if ".guided_attn." in n and p.grad is not None]
     assert grads and any(float(g.abs().sum()) > 0 for g in grads)
     assert "grounding_loss" not in RetrievalLoss()(m, audio, text, clips, clips, CAPTIONS, events)  # off: 0.0
+
+
+def test_data_module_carries_timings_and_batches_twins(tiny_clotho, tmp_path):
+    import json
+    import shutil
+
+    from data_modules import ClothoDataModule
+
+    dm = ClothoDataModule(root=str(tiny_clotho), batch_size=4, num_workers=0, pad="zeros", clip_seconds=10.0)
+    assert next(iter(dm.train_dataloader())).events is None  # off unless the loss asks
+    assert dm.set_scene_events(True)
+    b = next(iter(dm.train_dataloader()))
+    t = b.events.times
+    assert t.shape[0] == 4 and ((t[..., 0] >= 0).sum(1) >= 2).all()  # every synthetic clip: >= 2 occurrences
+    real = t[..., 0] >= 0
+    assert (t[..., 1][real] >= 0).all() and (t[..., 2][real] <= 0.2 + 1e-6).all()  # 2 s clips in a 10 s window
+    assert sum(len({e for e, _, _ in p}) >= 2 for p in b.events.phrases) >= 2  # most captions name both events
+    assert len(b.valid_items().events) == 4
+    # twins: a copy of the root whose metadata pairs clips 0-1, 2-3, ...
+    root = tmp_path / "root"
+    shutil.copytree(tiny_clotho, root)
+    meta = json.loads((root / "synth_metadata.json").read_text())
+    names = sorted(k for k in meta if k.startswith("development/"))
+    for a, z in zip(names[::2], names[1::2]):
+        meta[a]["twin"], meta[z]["twin"] = z, a
+    (root / "synth_metadata.json").write_text(json.dumps(meta))
+    dm = ClothoDataModule(root=str(root), batch_size=4, num_workers=0, twin_batches=True)
+    assert isinstance(dm.train_dataloader().sampler, TwinEpochSampler)
+    for batch in dm.train_dataloader():
+        fnames = set(batch.fnames)
+        assert all(f"development_{int(f[12:17]) ^ 1:05d}.wav" in fnames for f in fnames)  # 0-1, 2-3...: together

@@ -13,6 +13,10 @@
                                         masks); None when every clip fills its window
     audio_features  SequenceFeatures | None   a frozen audio encoder's cached output (feature cache)
     text_features   SequenceFeatures | None   a frozen text encoder's cached output (feature cache)
+    events          SceneEvents | None        training only, when the loss asked for event timings
+                                        (``set_scene_events``) and the root has scene metadata: each
+                                        clip's event occurrences and each caption's event phrases
+                                        (coattn/time_binding.py)
 
 ``data_modules``' collate builds it; Lightning moves it to the device field by field (dataclasses
 are collections to ``apply_to_collection``). It also reads as a mapping of its set fields
@@ -28,6 +32,7 @@ from typing import Any
 import torch
 
 from coattn.features import SequenceFeatures
+from coattn.time_binding import SceneEvents
 
 
 @dataclass
@@ -41,6 +46,7 @@ class Batch:
     audio_lengths: torch.Tensor | None = None
     audio_features: SequenceFeatures | None = None
     text_features: SequenceFeatures | None = None
+    events: SceneEvents | None = None
 
     def __len__(self) -> int:
         return self.clip_index.shape[0]
@@ -82,4 +88,5 @@ class Batch:
                      valid=self.valid[keep],
                      audio_lengths=None if self.audio_lengths is None else self.audio_lengths[keep],
                      audio_features=None if self.audio_features is None else self.audio_features.index(keep),
-                     text_features=None if self.text_features is None else self.text_features.index(keep))
+                     text_features=None if self.text_features is None else self.text_features.index(keep),
+                     events=None if self.events is None else self.events.index(keep))

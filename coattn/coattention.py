@@ -98,20 +98,21 @@ class MultiHeadAttention(nn.Module):
                                            dropout_p=self.dropout if self.training else 0.0)
         if self.captured is not None:  # SDPA does not return its weights: recompute them (no dropout)
             logits = (q @ k.to(q.dtype).transpose(-2, -1)) / math.sqrt(q.shape[-1])
-            w = logits.masked_fill(~attn_mask, float("-inf")).softmax(-1).detach()  # (b, h, g*Lq, Lk)
+            w = logits.masked_fill(~attn_mask, float("-inf")).softmax(-1)  # (b, h, g*Lq, Lk)
+            w = w if getattr(self.captured, "keep_grad", False) else w.detach()
             self.captured.append(w.unflatten(2, (P // b, Lq)).transpose(1, 2).flatten(0, 1))  # (P, h, Lq, Lk)
         return self.out(y.transpose(1, 2).reshape(P, Lq, d))
 
 
 @contextmanager
-def capture_attention(module: nn.Module, which: Literal["guided", "self", "all"] = "guided"):
+def capture_attention(module: nn.Module, which: Literal["guided", "self", "all"] = "guided", keep_grad: bool = False):
     """Record the attention weights of the ``MultiHeadAttention`` layers under ``module``.
 
     Yields a dict ``{qualified name: [weights of call 1, call 2, ...]}``, each (P, heads, Lq, Lk)
     (softmax(QK^T / sqrt(d_head)) with the key mask, before dropout). ``which`` selects the
     guided (cross-modal) attentions, the self-attentions or both. A layer applied N times
     (``iterating`` with ``share_weights``) records N entries. Outside the context nothing is
-    recorded and the forward pass is unchanged::
+    recorded and the forward pass is unchanged. ``keep_grad``: the maps keep their graph (a loss on them)::
 
         with torch.no_grad(), capture_attention(model.cascade) as maps:
             model.score_pairs(...)
@@ -125,7 +126,8 @@ def capture_attention(module: nn.Module, which: Literal["guided", "self", "all"]
     cascades = [m for m in module.modules() if isinstance(m, CoAttentionCascade)]
     maps: dict[str, list[torch.Tensor]] = {}
     for name, m in targets.items():
-        m.captured = maps.setdefault(name, [])
+        m.captured = maps.setdefault(name, _Maps())
+        m.captured.keep_grad = keep_grad
     for c in cascades:  # per-pair maps: no per-clip hoisting while recording (CoAttentionCascade.hoists)
         c.capturing += 1
     try:
@@ -135,6 +137,10 @@ def capture_attention(module: nn.Module, which: Literal["guided", "self", "all"]
             m.captured = None
         for c in cascades:
             c.capturing -= 1
+
+
+class _Maps(list):
+    keep_grad = False
 
 
 class FeedForward(nn.Sequential):

@@ -28,6 +28,7 @@ from coattn.distributed import gather_no_grad, gather_pair_audio, gather_with_gr
 from coattn.errors import ConfigError
 from coattn.features import SequenceFeatures
 from coattn.negatives import caption_variants, mine, order_items, rotate_frames
+from coattn.time_binding import SceneEvents, residual_scores
 
 
 class Temperature(nn.Module):
@@ -153,6 +154,12 @@ class RetrievalLoss:
                               frames rotated in time (one more column of its softmax)
         + caption_negatives   a clip also ranks its caption rewritten with the events reversed or a
                               count changed (more rows of its softmax)
+        + swap_negatives      a caption that states an order also ranks its own clip with its event
+                              segments reversed at the event boundaries (needs event timings)
+        residual_lambda > 0   every pair logit is (s_pair + lambda_r * sg(s_dual)) / tau: the cascade
+                              learns what the dual misses (``local`` only)
+        + grounding_weight * L_ground   the positive pairs' cross-attention taught event timings
+    (coattn/time_binding.py, docs/README_time.md)
 
     Args:
         aux_weight: weight of the dual-encoder term (ignored for cascade ``none``, whose only loss it
@@ -163,6 +170,9 @@ class RetrievalLoss:
         time_negatives: add the time-rotated clip negatives (needs a cascade that sees time:
             ``cascade.positions``).
         caption_negatives: add the rewritten-caption negatives.
+        swap_negatives: add the event-swapped clip negatives (``SceneEvents`` needed; else no effect).
+        residual_lambda: lambda_r of the residual pair logits (0: off); evaluation fuses with it too.
+        grounding_weight: weight of the attention grounding term (0: off; needs ``SceneEvents``).
         seed: of the random negatives and rotations (drawn afresh each step).
     """
 
@@ -172,6 +182,9 @@ class RetrievalLoss:
     pair_random: int = 8
     time_negatives: bool = False
     caption_negatives: bool = False
+    swap_negatives: bool = False
+    residual_lambda: float = 0.0
+    grounding_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -183,31 +196,45 @@ class RetrievalLoss:
                               f"{self.pair_k}, {self.pair_random}")
         if self.aux_weight < 0:
             raise ConfigError(f"model.loss.aux_weight must be >= 0, got {self.aux_weight}")
+        if not (self.residual_lambda >= 0 and math.isfinite(self.residual_lambda)) or self.grounding_weight < 0:
+            raise ConfigError(f"model.loss.residual_lambda and grounding_weight must be >= 0, got "
+                              f"{self.residual_lambda}, {self.grounding_weight}")
+        if self.residual_lambda and self.pair_negatives != "local":
+            raise ConfigError(f"model.loss.pair_negatives {self.pair_negatives!r} is not supported with residual "
+                              "scoring (residual_lambda > 0): use 'local'")
         self._generator = torch.Generator().manual_seed(self.seed)
 
     def __call__(self, model, audio: SequenceFeatures, text: SequenceFeatures, caption_clip: torch.Tensor,
-                 clip_ids: torch.Tensor, captions: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Loss terms (``loss``, ``dual_loss``, ``pair_loss``) of encoded items, for a ``CoAttnModel``.
-        ``captions`` (the texts) are needed by ``time_negatives`` and ``caption_negatives``."""
+                 clip_ids: torch.Tensor, captions: list[str] | None = None,
+                 events: SceneEvents | None = None) -> dict[str, torch.Tensor]:
+        """Loss terms (``loss``, ``dual_loss``, ``pair_loss``, ``grounding_loss``) of encoded items, for a
+        ``CoAttnModel``. ``captions`` (the texts) are needed by ``time_negatives``, ``caption_negatives`` and
+        ``grounding_weight``; ``events`` (the batch's event timings) by ``swap_negatives`` and grounding."""
         dual_t, dual_a = model.dual_embed_text(text), model.dual_embed_audio(audio)
         out = {"dual_loss": global_nt_xent(dual_t, dual_a, model.dual_temperature.scale, caption_clip, clip_ids)}
         if not model.has_pairwise:
             out["loss"] = out["dual_loss"]
             return out
         prepared_text = model.prepare_text(text)
-        prepared = model.prepare_audio(audio)
+        prepared = local = model.prepare_audio(audio)
         col_clip, targets = clip_ids, None
         if self.pair_negatives in ("global", "hard") and rank_world()[1] > 1:
             prepared, col_clip, targets = gather_pair_audio(prepared, clip_ids)
-        if self.pair_negatives == "hard" or self.time_negatives or self.caption_negatives:
+        swap = self.swap_negatives and events is not None
+        if self.pair_negatives == "hard" or self.time_negatives or self.caption_negatives or swap:
             t2a, a2t = pair_logits(self, model, prepared_text, prepared, audio, dual_t, dual_a, caption_clip,
-                                   clip_ids, col_clip, targets, captions)
+                                   clip_ids, col_clip, targets, captions, events)
             zero = torch.zeros(t2a.shape[0], dtype=torch.long, device=t2a.device)  # column 0: the positive
             out["pair_loss"] = 0.5 * (F.cross_entropy(t2a.float(), zero) + F.cross_entropy(a2t.float(), zero))
         else:
             sims = model.score_grid(prepared_text, prepared)  # (B, B) or (B, G): every pair
+            sims = residual_scores(sims, fp32_similarity(dual_t, dual_a), self.residual_lambda)  # local only
             out["pair_loss"] = nt_xent(sims * model.pair_temperature.scale, caption_clip, col_clip, targets)
         out["loss"] = out["pair_loss"] + self.aux_weight * out["dual_loss"]
+        if self.grounding_weight and events is not None and captions is not None:
+            from coattn.time_binding import positive_grounding
+            out["grounding_loss"] = positive_grounding(model, prepared_text, local, audio, captions, events)
+            out["loss"] = out["loss"] + self.grounding_weight * out["grounding_loss"]
         return out
 
 
@@ -222,14 +249,16 @@ def _all_columns(scores: torch.Tensor, invalid: torch.Tensor, targets: torch.Ten
 def pair_logits(cfg: RetrievalLoss, model, text_p, audio_p, audio: SequenceFeatures, dual_t: torch.Tensor,
                 dual_a: torch.Tensor,
                 caption_clip: torch.Tensor, clip_ids: torch.Tensor, col_clip: torch.Tensor,
-                targets: torch.Tensor | None, captions: list[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
+                targets: torch.Tensor | None, captions: list[str] | None,
+                events: SceneEvents | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The pair term's scaled logits, positive in column 0 and impossible entries -inf: t2a (B, C) rows
     are captions over clips, a2t (B, C') rows are this rank's clips over captions (``RetrievalLoss``)."""
     b, dev = len(caption_clip), dual_t.device
     rows = torch.arange(b, device=dev)
     targets = rows if targets is None else targets
     scale = model.pair_temperature.scale
-    gen = cfg._generator
+    gen, lam = cfg._generator, cfg.residual_lambda
+    own_dual = (dual_t * dual_a).sum(-1) if lam else None  # s_dual(b, b): a reordered clip keeps its pooled vector
     invalid = same_clip_mask(caption_clip, col_clip, targets)  # (B, G): other captions of the same clip
     if cfg.pair_negatives == "hard":
         with torch.no_grad():
@@ -243,20 +272,32 @@ def pair_logits(cfg: RetrievalLoss, model, text_p, audio_p, audio: SequenceFeatu
         a2t = model.score_pairs(text_p, caps.reshape(-1), audio_p, targets.repeat_interleave(caps.shape[1]))
         a2t = a2t.view(caps.shape).masked_fill(~valid_t, float("-inf")) * scale
     else:  # local / global: every pair once; the clip view reads the same grid
-        grid = model.score_grid(text_p, audio_p) * scale  # (B, G)
+        grid = residual_scores(model.score_grid(text_p, audio_p), fp32_similarity(dual_t, dual_a), lam) * scale
         t2a = _all_columns(grid, invalid, targets)
         a2t = _all_columns(grid[:, targets].t(), same_clip_mask(clip_ids, caption_clip, rows), rows)
     extra_t2a, extra_a2t = [], []
     if cfg.time_negatives and captions is not None:  # caption b against its own clip, rotated in time
         rotated = model.prepare_audio(rotate_frames(audio, gen))
-        s = model.score_pairs(text_p, rows, rotated, rows) * scale
+        s = residual_scores(model.score_pairs(text_p, rows, rotated, rows), own_dual, lam) * scale
         extra_t2a.append(s.masked_fill(~order_items(captions).to(dev), float("-inf"))[:, None])
+    if cfg.swap_negatives and events is not None and captions is not None:  # its own clip, events reversed
+        from coattn.time_binding import event_cuts, swap_segments
+
+        cuts = event_cuts(events.times, audio.mask.sum(1), audio.mask.shape[1])
+        swapped, _ = swap_segments(audio, cuts)
+        s = residual_scores(model.score_pairs(text_p, rows, model.prepare_audio(swapped), rows), own_dual, lam) * scale
+        usable = order_items(captions).to(dev) & torch.tensor([bool(c) for c in cuts], device=dev)
+        extra_t2a.append(s.masked_fill(~usable, float("-inf"))[:, None])
     if cfg.caption_negatives and captions is not None:  # clip b against its caption rewritten
         texts, owners = caption_variants(captions, int(torch.randint(1 << 30, (1,), generator=gen)))
         if texts:
             owner = torch.tensor(owners, device=dev)
-            s = model.score_pairs(model.prepare_text(model.encode_text(texts)), torch.arange(len(texts), device=dev),
-                                  audio_p, targets[owner]) * scale
+            feats = model.encode_text(texts)
+            s = model.score_pairs(model.prepare_text(feats), torch.arange(len(texts), device=dev), audio_p,
+                                  targets[owner])
+            if lam:  # the rewritten caption's own dual score against the clip
+                s = residual_scores(s, (model.dual_embed_text(feats) * dual_a[owner]).sum(-1), lam)
+            s = s * scale
             # position of each variant among its owner's (owners ascend): index minus the owner's first index
             slot = torch.arange(len(owners), device=dev) - torch.searchsorted(owner, owner)
             table = torch.full((b, int(slot.max()) + 1), float("-inf"), device=dev, dtype=s.dtype)

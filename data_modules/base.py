@@ -92,6 +92,11 @@ class AudioCaptionDataModule(pl.LightningDataModule):
         pad: how clips shorter than ``clip_seconds`` are filled: ``repeat`` (CLAP's repeat-pad) or
             ``zeros`` (silence, masked out of the model's frames). Repeating blurs order ("A then B"
             becomes "A B A B"), so order-aware models use ``zeros``.
+        twin_batches: put each training clip's order twin (``<root>/synth_metadata.json`` ``"twin"``) in the
+            same batch (``data_modules.datasets.TwinEpochSampler``), so the B x B loss always ranks the clip
+            against the one clip with the same events in the reverse order; clips without a twin are
+            sampled as usual, and without twins in the metadata this is the usual sampler (a warning says
+            so). One process: under DDP Lightning re-shuffles the items over ranks.
     """
 
     # The evaluation splits the dataset publishes (WavCaps: none; MultiDataModule validates on these).
@@ -104,7 +109,7 @@ class AudioCaptionDataModule(pl.LightningDataModule):
                  seed: int = 0, augmentation_file: str | None = None, augment_prob: float = 0.0,
                  exclude_file: str | None = None, report_dir: str | None = None,
                  relevance_files: dict[str, str] | None = None, relevance_threshold: float | None = None,
-                 follow_symlinks: bool = False, pad: Literal["repeat", "zeros"] = "repeat"):
+                 follow_symlinks: bool = False, pad: Literal["repeat", "zeros"] = "repeat", twin_batches: bool = False):
         super().__init__()
         for key, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
                                 ("num_workers", num_workers, 0)):
@@ -129,7 +134,8 @@ class AudioCaptionDataModule(pl.LightningDataModule):
         if unknown:
             raise ConfigError(f"data relevance_files: unknown split(s) {sorted(unknown)}; use val and/or test")
         self.relevance_files, self.relevance_threshold = dict(relevance_files or {}), relevance_threshold
-        self.follow_symlinks = follow_symlinks
+        self.follow_symlinks, self.twin_batches = follow_symlinks, twin_batches
+        self._scene_events = False  # set_scene_events: training batches carry event timings
         self._exclude: frozenset[str] | None = None
         # identity keys to leave out of training (MultiDataModule: clips of any dataset's evaluation splits)
         self.train_exclude_keys: frozenset[str] = frozenset()
@@ -265,6 +271,42 @@ class AudioCaptionDataModule(pl.LightningDataModule):
         ds.reader.load_audio, ds.reader.pad = self._load_audio, self.pad
         return ds
 
+    def scene_metadata(self) -> dict | None:
+        """``<root>/synth_metadata.json`` parsed (``coattn.scenes``), or None without a root or the file."""
+        if not hasattr(self, "_scene_meta"):
+            from coattn.scenes import read_metadata
+            self._scene_meta = read_metadata(getattr(self, "root", None))
+        return self._scene_meta
+
+    def set_scene_events(self, enabled: bool) -> bool:
+        """Training batches carry each clip's event timings and each caption's event phrases (``Batch.events``;
+        the loss's ``swap_negatives`` and ``grounding_weight`` ask for them). Returns whether any training clip
+        has timings (False: nothing to carry)."""
+        from coattn.scenes import split_scenes
+
+        self._scene_events = enabled
+        ds = self._dataset("train")
+        if not enabled:
+            ds.set_scenes(None)
+            return False
+        split = self.split("train")
+        scenes = split_scenes(self.scene_metadata(), split.audio_dir.name, list(split.fnames))
+        ds.set_scenes(scenes if any(s is not None for s in scenes) else None)
+        return ds.scenes is not None
+
+    def _train_sampler(self, ds: Dataset) -> Sampler:
+        if self.twin_batches:
+            from coattn.scenes import split_twins
+            from data_modules.datasets import TwinEpochSampler
+
+            split = self.split("train")
+            twins = split_twins(self.scene_metadata(), split.audio_dir.name, list(split.fnames))
+            if any(t is not None for t in twins):
+                return TwinEpochSampler(ds.groups(), self.batch_size, twins, self.seed)
+            log.warning("data.twin_batches: the training clips have no order twins in %s/synth_metadata.json; "
+                        "sampling as usual", getattr(self, "root", "?"))
+        return EpochSampler(ds.groups(), self.batch_size, self.seed)
+
     def set_load_audio(self, enabled: bool) -> None:
         """Decode clips (default) or yield ``audio`` of shape (B, 0): the model sets False when its
         feature cache supplies the audio features (``coattn.train.feature_cache``). Call before iterating."""
@@ -288,7 +330,7 @@ class AudioCaptionDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self._dataset("train")
-        sampler: Sampler = EpochSampler(ds.groups(), self.batch_size, self.seed)
+        sampler: Sampler = self._train_sampler(ds)
         resume, self._resume = self._resume, None  # once: a reloaded loader starts its epochs whole
         if resume:
             # Set the epoch now: with workers, the first iterator is made (and prefetches) before Lightning's

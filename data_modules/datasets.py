@@ -26,6 +26,8 @@ from torch.utils.data import Dataset, Sampler
 
 from coattn.audio import AudioReadError, load_clip
 from coattn.batch import Batch
+from coattn.scenes import ClipScene, phrase_spans, window_fractions
+from coattn.time_binding import SceneEvents
 from data_modules.splits import Split
 
 log = logging.getLogger("coattn.data")
@@ -97,6 +99,9 @@ class TrainDataset(Dataset):
         self.clip_ids = clip_ids
         self.reader = _ClipReader(split, sample_rate, length)
         self.paraphrases, self.augment_prob = paraphrases or {}, augment_prob
+        # event timings per clip (``set_scenes``; None: batches carry no ``events``)
+        self.scenes: list[ClipScene | None] | None = None
+        self.window_s, self._fits = length / sample_rate, {}
         if items == "caption":
             self.items = [(c, k) for c in range(len(split)) for k in range(len(split.captions[c]))]
         elif items == "clip":
@@ -106,6 +111,27 @@ class TrainDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def set_scenes(self, scenes: list[ClipScene | None] | None) -> None:
+        """Each clip's ``ClipScene`` (``coattn.scenes.split_scenes``): items then carry their event timings as
+        fractions of the window, and the event phrases of their caption; None turns it off."""
+        self.scenes = scenes
+
+    def _scene_item(self, clip: int, caption: str) -> tuple[list, list]:
+        """(occurrences, phrase spans) of an item; empty when the clip has no scene or the window does not
+        start at the clip's start (a random crop of a longer clip: its timings would be shifted)."""
+        scene = self.scenes[clip]
+        if scene is None:
+            return [], []
+        if self.crop != "start" and clip not in self._fits:
+            import soundfile as sf
+            try:
+                self._fits[clip] = sf.info(str(self.split.paths[clip])).duration <= self.window_s + 1e-3
+            except Exception:  # unreadable: the reader reports it; no timings
+                self._fits[clip] = False
+        if self.crop != "start" and not self._fits[clip]:
+            return [], []
+        return window_fractions(scene, self.window_s), phrase_spans(caption, scene)
 
     def groups(self) -> list[list[int]]:
         """Item indices per clip (what the sampler keeps apart within a batch)."""
@@ -132,8 +158,11 @@ class TrainDataset(Dataset):
         generator = torch.Generator().manual_seed(int(draw))
         audio, ok, real = self.reader.read(clip, self.crop, generator)
         clip_id = clip if self.clip_ids is None else self.clip_ids[clip]
-        return {"audio": audio, "clip_index": clip_id, "fname": self.split.fnames[clip], "captions": [caption],
+        item = {"audio": audio, "clip_index": clip_id, "fname": self.split.fnames[clip], "captions": [caption],
                 "valid": ok, "length": real}
+        if self.scenes is not None:
+            item["scene"] = self._scene_item(clip, caption)
+        return item
 
 
 class ClipDataset(Dataset):
@@ -167,6 +196,8 @@ def collate(items: list[dict]) -> Batch:
         caption_clip=torch.tensor([it["clip_index"] for it in items for _ in it["captions"]], dtype=torch.long),
         valid=torch.tensor([it["valid"] for it in items], dtype=torch.bool),
         audio_lengths=torch.tensor(lengths, dtype=torch.long) if short else None,
+        events=SceneEvents.build([it["scene"][0] for it in items], [it["scene"][1] for it in items])
+        if all("scene" in it for it in items) and items else None,
     )
 
 
@@ -218,6 +249,59 @@ class EpochSampler(Sampler):
         seq = self.order(epoch)
         draws = np.random.default_rng([self.seed, epoch, 1]).integers(0, 2 ** 62, size=len(seq))
         return iter(zip(seq, (int(d) for d in draws)))
+
+
+class TwinEpochSampler(EpochSampler):
+    """``EpochSampler`` that puts each clip's order twin (``twins[c]``: the clip with the same events in the
+    reverse order, or None) in the same batch, so the B x B grid always holds it as a negative.
+
+    Each round's clips are grouped into units (a twin pair whose clips both have a caption in the round,
+    or one clip), the units shuffled and packed into batches of ``batch_size``: a pair that does not fit
+    in the batch's last slot lets the next single clip go first; with no single clip left it is split
+    (its second clip goes to the end of the epoch). Even batch sizes and many single clips split none.
+    Clips without a twin are sampled as ``EpochSampler`` samples them (without its round-boundary swap:
+    the loss masks same-clip pairs anyway).
+    """
+
+    def __init__(self, groups: list[list[int]], batch_size: int, twins: list[int | None], seed: int = 0):
+        super().__init__(groups, batch_size, seed)
+        self.twins = twins
+
+    def order(self, epoch: int) -> list[int]:
+        rng = np.random.default_rng([self.seed, epoch, 5])
+        per_clip = [list(rng.permutation(g)) for g in self.groups]
+        units: list[list[int]] = []
+        for r in range(max((len(g) for g in self.groups), default=0)):
+            present = {c for c, g in enumerate(self.groups) if len(g) > r}
+            seen: set[int] = set()
+            mine = []
+            for c in sorted(present):
+                if c in seen:
+                    continue
+                t = self.twins[c]
+                pair = [c, t] if t is not None and t in present and t not in seen else [c]
+                seen.update(pair)
+                mine.append(pair)
+            units.extend([per_clip[c][r] for c in mine[i]] for i in rng.permutation(len(mine)))
+        return self._pack(units)
+
+    def _pack(self, units: list[list[int]]) -> list[int]:
+        queue, seq, fill, B = list(units), [], 0, self.batch_size
+        i = 0
+        while i < len(queue):
+            u = queue[i]
+            if fill and len(u) > B - fill:  # a pair in the last slot: a single clip first, or split it
+                j = next((k for k in range(i + 1, len(queue)) if len(queue[k]) <= B - fill), None)
+                if j is not None:
+                    queue.insert(i, queue.pop(j))
+                else:
+                    queue[i] = u[:B - fill]
+                    queue.append(u[B - fill:])
+                continue
+            seq.extend(u)
+            fill = (fill + len(u)) % B
+            i += 1
+        return seq
 
 
 class WeightedEpochSampler(Sampler):

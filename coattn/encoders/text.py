@@ -92,6 +92,12 @@ class TextEncoder(nn.Module):
                                         max_length=self.max_length, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
+    def token_offsets(self, captions: list[str]) -> list[list[tuple[int, int]]]:
+        """Each token's (char start, char end) in its caption, as ``tokenize`` cuts it ((0, 0): special tokens)."""
+        enc = self._require_tokenizer()(list(captions), truncation=True, max_length=self.max_length,
+                                        return_offsets_mapping=True)
+        return [[(int(a), int(z)) for a, z in offs] for offs in enc["offset_mapping"]]
+
     def forward(self, captions: list[str]) -> SequenceFeatures:
         batch = self.tokenize(captions)
         device = next(self.model.parameters()).device

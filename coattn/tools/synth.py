@@ -14,7 +14,8 @@ never share a description, yet each event type is seen hundreds of times in 400 
 Output (what ``data_modules.ClothoDataModule`` reads):
     OUT/development/*.wav  OUT/validation/*.wav  OUT/evaluation/*.wav   (16-bit PCM mono WAV)
     OUT/clotho_captions_{development,validation,evaluation}.csv          (file_name,caption_1..5)
-    OUT/synth_metadata.json      per clip: its events in time order (type, count) and, per caption,
+    OUT/synth_metadata.json      per clip: its events in time order (type, count, occurrences [[onset_s,
+                                 offset_s], ...], nouns: the words captions use for it) and, per caption,
                                  the compositional probes ``coattn probe`` scores (the same words with
                                  the events reversed; one count changed). Never read in training.
 
@@ -304,8 +305,10 @@ def make_scene(rng: np.random.Generator) -> list[tuple[EventType, int]]:
     return scene
 
 
-def render(scene: list[tuple[EventType, int]], seconds: float, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """Place the events in consecutive time segments; return float32 in [-1, 1]."""
+def render(scene: list[tuple[EventType, int]], seconds: float, sr: int, rng: np.random.Generator,
+           timings: list | None = None) -> np.ndarray:
+    """Place the events in consecutive time segments; return float32 in [-1, 1]. ``timings`` (a list) receives
+    each event's occurrences, [[onset_s, offset_s], ...] (same random draws either way)."""
     n = int(round(seconds * sr))
     scale = seconds / 10.0  # event lengths are given for 10 s clips
     # Background: white noise at -40 dBFS-ish, so no clip is digitally silent.
@@ -320,8 +323,12 @@ def render(scene: list[tuple[EventType, int]], seconds: float, sr: int, rng: np.
         slack = seg - count * occ - (count - 1) * gap
         pos = seg_start + int(rng.integers(0, max(1, slack)))
         level = rng.uniform(0.3, 0.6)
+        if timings is not None:
+            timings.append([])
         for _ in range(count):
             x[pos:pos + occ] += level * event.make(occ, sr, rng)
+            if timings is not None:
+                timings[-1].append([round(pos / sr, 4), round(min(pos + occ, n) / sr, 4)])
             pos += occ + gap
     peak = np.abs(x).max()
     if peak > 0.95:
@@ -359,13 +366,16 @@ def synthesize(out_dir: str | Path, seed: int = 0, counts: dict[str, int] | None
             scene = make_scene(rng)
             probes = make_captions_with_probes(scene, rng)
             captions = [c["text"] for c in probes]
-            wave = render(scene, seconds, sample_rate, rng)
+            timings: list = []
+            wave = render(scene, seconds, sample_rate, rng, timings)
             fname = f"{split}_{i:05d}.wav"
             atomic_write_bytes(out / split / fname, _wav_bytes(wave, sample_rate))
             rows.append([fname, *captions])
             key = tuple((e.name, c) for e, c in scene)
             scenes_seen.add(key)
-            metadata[f"{split}/{fname}"] = {"events": [{"type": e.name, "count": c} for e, c in scene],
+            metadata[f"{split}/{fname}"] = {"events": [{"type": e.name, "count": c, "occurrences": t,
+                                                        "nouns": [w for pair in e.nouns for w in pair]}
+                                                       for (e, c), t in zip(scene, timings)],
                                             "captions": probes}
             if (i + 1) % step == 0 or i + 1 == n:
                 log(f"  {split}: {i + 1}/{n} clips ({time.perf_counter() - t0:.1f} s)")

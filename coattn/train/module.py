@@ -56,6 +56,9 @@ class CoAttnRetrieval(pl.LightningModule):
             run; stage 2 learns co-attention on top). The cascade and the pair heads start fresh;
             freeze the towers with the encoders' ``freeze``. Applied when a fit starts (a resumed fit
             then restores its own checkpoint over it); ignored by validate/test/predict.
+        init_pair_from_dual: when a fit starts (after ``init_from``), copy the dual heads into the pair heads
+            where the widths agree (``coattn.time_binding.pair_heads_from_dual``), so the pair score starts
+            in the dual encoder's joint space. Off by default.
         **model: the architecture: the arguments of ``coattn.CoAttnModel`` (audio_encoder,
             text_encoder, cascade, embed_dim, temperature, learn_temperature, dual_pooling,
             dual_projection, clap_checkpoint, feature_norm).
@@ -63,17 +66,23 @@ class CoAttnRetrieval(pl.LightningModule):
 
     def __init__(self, loss: RetrievalLoss = RetrievalLoss(), optim: Optim = Optim(),
                  evaluation: Evaluation = Evaluation(), feature_cache: str | None = None,
-                 init_from: str | None = None, **model: Any):
+                 init_from: str | None = None, init_pair_from_dual: bool = False, **model: Any):
         super().__init__()
         if self._cli_hparams():  # under LightningCLI: the parsed config (class paths + init args)
             self.save_hyperparameters()
         else:  # built in Python: plain values only, so checkpoints stay loadable with weights_only=True
             self.save_hyperparameters({"loss": asdict(loss), "optim": asdict(optim), "evaluation": asdict(evaluation),
                                        "feature_cache": feature_cache, "init_from": init_from,
+                                       **({"init_pair_from_dual": True} if init_pair_from_dual else {}),
                                        **{k: v for k, v in model.items() if not isinstance(v, torch.nn.Module)}})
         self.model = CoAttnModel(**model)
         self.loss, self.optim, self.evaluation = loss, optim, evaluation
-        self.feature_cache, self.init_from = feature_cache, init_from
+        self.feature_cache, self.init_from, self.init_pair_from_dual = feature_cache, init_from, init_pair_from_dual
+        if loss.residual_lambda and self.model.has_pairwise:  # the model ranks by the score its pair term trained
+            self.model.fusion_lambda.fill_(loss.residual_lambda)
+            if isinstance(evaluation.fusion, (int, float)) and evaluation.fusion != loss.residual_lambda:
+                log.warning("model.evaluation.fusion %s differs from model.loss.residual_lambda %s: evaluation "
+                            "fuses with another lambda than training did", evaluation.fusion, loss.residual_lambda)
         self._features = None  # coattn.train.feature_cache.ModuleFeatureCache, made in setup
         self._collected = EvalAccumulator()  # validation, test and predict: one accumulator
         self.last_losses: dict[str, torch.Tensor] = {}  # this step's loss terms (callbacks.NonFiniteGuard)
@@ -93,6 +102,14 @@ class CoAttnRetrieval(pl.LightningModule):
         if stage == "fit" and self.init_from:
             loaded = warm_start(self.model, self.init_from)
             log.info("warm start: %d tensors of the towers and dual heads from %s", loaded, self.init_from)
+        if stage == "fit" and self.init_pair_from_dual and self.model.has_pairwise:
+            from coattn.errors import ConfigError
+            from coattn.time_binding import pair_heads_from_dual
+            copied = pair_heads_from_dual(self.model)
+            if not copied:
+                raise ConfigError("model.init_pair_from_dual: no pair head has the shape of its dual head (cascade "
+                                  "width must equal the encoder width, dual_projection linear)")
+            log.info("pair heads started from the dual heads: %s", ", ".join(copied))
         if stage == "fit" and enc.needs_tokenizer_fit:
             state = None
             if self.trainer.is_global_zero:
@@ -105,6 +122,11 @@ class CoAttnRetrieval(pl.LightningModule):
                 out.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(out, state)
         dm = getattr(self.trainer, "datamodule", None)
+        wants_events = self.loss.swap_negatives or self.loss.grounding_weight > 0
+        if stage == "fit" and wants_events and self.model.has_pairwise:
+            if not (hasattr(dm, "set_scene_events") and dm.set_scene_events(True)):
+                log.warning("model.loss swap_negatives / grounding_weight: no event timings for the training clips "
+                            "(<root>/synth_metadata.json with occurrences): those terms are off")
         if self.feature_cache:  # per trainer: its strategy (ranks) and data module
             if dm is None or not hasattr(dm, "set_load_audio"):
                 log.warning("model.feature_cache needs an AudioCaptionDataModule; running the encoders instead")
@@ -145,7 +167,7 @@ class CoAttnRetrieval(pl.LightningModule):
         if len(kept) < len(batch):
             self.log("train/skipped_items", float(len(batch) - len(kept)), reduce_fx="sum", batch_size=len(batch))
         audio, text = self.encode(kept)
-        out = self.loss(self.model, audio, text, kept.caption_clip, kept.clip_index, kept.captions)
+        out = self.loss(self.model, audio, text, kept.caption_clip, kept.clip_index, kept.captions, kept.events)
         self.last_losses = {k: v.detach() for k, v in out.items()}
         bs = len(kept.captions)
         for k, v in out.items():
@@ -196,7 +218,9 @@ class CoAttnRetrieval(pl.LightningModule):
                                  sharded=True)
         if auto and stage == "val" and loader == 0 and result.pair is not None:  # choose lambda on the first
             # validation set, keep it in the model
-            best = max(FUSION_GRID, key=lambda lam: aggregate(per_query_metrics(result.fused(lam), c.caption_clip))[
+            # residual training: its lambda_r first (equal mAP keeps it), the grid after
+            grid = (self.loss.residual_lambda, *FUSION_GRID) if self.loss.residual_lambda else FUSION_GRID
+            best = max(grid, key=lambda lam: aggregate(per_query_metrics(result.fused(lam), c.caption_clip))[
                 "t2a_mAP@10"])  # max() keeps the first (smallest) of equal lambdas
             self.model.fusion_lambda.fill_(best)
             result.scores, result.info["fusion_lambda"] = result.fused(best), best

@@ -18,6 +18,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 start=$(date +%s)
+echo "install: [1/3] pip install -e .[dev,app] into $VENV (pinned torch, Lightning, transformers...;"
+echo "install:       about 2-3 minutes and 4 GB of downloads on a fresh venv, seconds when up to date)"
 # pip's warnings about unreachable local find-links are noise on this platform: filter them,
 # but keep pip's exit status.
 pip_install() {
@@ -28,6 +30,8 @@ pip_install() {
   grep -v "^WARNING: Location" "$log" || true; rm -f "$log"
 }
 pip_install -e "$here[dev,app]"
+echo "install: [2/3] pip done after $(( $(date +%s) - start )) s; checking that coattn imports"
 "$VENV/bin/python" -c "import coattn, data_modules, callbacks" 
+echo "install: [3/3] writing the stamp $stamp (the next make install is a no-op)"
 echo "$want" > "$stamp"
 echo "install: done in $(( $(date +%s) - start )) s ($VENV)"

@@ -72,16 +72,23 @@ def _search(folder: Path, tmp: Path) -> list[str]:
             "--index-dir", str(tmp / "index")]
 
 
+def _drop_text_encoder(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    del config["text_encoder"]
+    (folder / "config.json").write_text(json.dumps(config))
+
+
 def _sweep_yaml(tmp: Path) -> str:
     path = tmp / "broken.yaml"
-    path.write_text("method: grid\nparameters:\n  model.cascade.init_args.depth:\n    values: [1, 2\n", encoding="utf-8")
+    path.write_text("method: grid\nparameters:\n  model.cascade.init_args.depth:\n    values: [1, 2\n",
+                    encoding="utf-8")
     return str(path)
 
 
 # case -> (build argv from tmp_path [and the exported folder], text the one line must contain)
 CASES = {
-    "export_out_under_a_file": (lambda t, e: ["export", "--ckpt_path", str(t / "x.ckpt"), _unwritable(t, "under_a_file")],
-                                "OUT_DIR: cannot write to"),
+    "export_out_under_a_file": (lambda t, e: ["export", "--ckpt_path", str(t / "x.ckpt"),
+                                              _unwritable(t, "under_a_file")], "OUT_DIR: cannot write to"),
     "export_out_read_only": (lambda t, e: ["export", "--ckpt_path", str(t / "x.ckpt"), _unwritable(t, "read_only")],
                              "OUT_DIR: cannot write to"),
     "export_bad_metrics": (lambda t, e: ["export", "--ckpt_path", str(t / "x.ckpt"), str(t / "out"),
@@ -92,11 +99,11 @@ CASES = {
     "hub_tokenizer_not_a_tokenizer": (lambda t, e: _search(_damaged_copy(e, t, lambda f: (f / "tokenizer.json")
                                                                         .write_text('{"a": 1}')), t),
                                       "cannot read the tokenizer {t}/damaged/tokenizer.json"),
-    "hub_config_without_text_encoder": (lambda t, e: _search(_damaged_copy(e, t, lambda f: (f / "config.json").write_text(
-        json.dumps({k: v for k, v in json.loads((f / "config.json").read_text()).items() if k != "text_encoder"}))), t),
-        "{t}/damaged/config.json: 'text_encoder' is missing"),
-    "hub_config_not_json": (lambda t, e: _search(_damaged_copy(e, t, lambda f: (f / "config.json").write_text(
-        "{ not json")), t), "cannot read {t}/damaged/config.json"),
+    "hub_config_without_text_encoder": (lambda t, e: _search(_damaged_copy(e, t, _drop_text_encoder), t),
+                                        "{t}/damaged/config.json: 'text_encoder' is missing"),
+    "hub_config_not_json": (lambda t, e: _search(_damaged_copy(e, t, lambda f: (f / "config.json")
+                                                               .write_text("{ not json")), t),
+                            "cannot read {t}/damaged/config.json"),
     "augment_missing_captions": (lambda t, e: ["augment", str(t / "nope.csv"), "--out", str(t / "aug.json"),
                                                "--encoder", "ngram"], "captions {t}/nope.csv: no such file"),
     "augment_missing_paraphrases": (lambda t, e: ["augment", _metrics(t, "c.txt", "a dog barks\n"), "--out",

@@ -29,7 +29,8 @@ def read_metrics(path: str) -> dict:
     hint = "not a metrics.json of `coattn test` (run `coattn test` again to rewrite it)"
     p = Path(path)
     if not p.is_file():
-        raise DataNotFoundError(f"{path}: not found (run `coattn test` first; it writes <run>/results/test/metrics.json)")
+        raise DataNotFoundError(f"{path}: not found (run `coattn test` first; it writes "
+                                "<run>/results/test/metrics.json)")
     try:
         m = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:

@@ -32,7 +32,8 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise OutputError(f"OUT_DIR {out}: a file stands there; choose a folder name")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputError(f"OUT_DIR {out} is not empty; pass --overwrite to replace its files, or choose another folder")
+        raise OutputError(f"OUT_DIR {out} is not empty; pass --overwrite to replace its files, or choose another "
+                          "folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out, prefix=".coattn-probe-")
@@ -84,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     from coattn.model import CoAttnModel
 
     out = Path(args.out_dir)
-    check_out_dir(out, args.overwrite)  # before the checkpoint is read: a one-line error naming the folder
-    if args.metrics:
-        check_metrics(args.metrics)
     try:
+        check_out_dir(out, args.overwrite)  # before the checkpoint is read: a one-line error naming the folder
+        if args.metrics:
+            check_metrics(args.metrics)
         model = CoAttnModel.from_checkpoint(args.ckpt_path)
         meta = load_checkpoint(args.ckpt_path, mmap=True)  # epoch / step for the card (memory-mapped: cheap)
         fields = model_card.training(args.ckpt_path, meta, args.run_dir, args.metrics)
@@ -102,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         fields["license_text"] = f"`{args.license}` (the `license` field of this card's metadata)."
     (out / "README.md").unlink(missing_ok=True)  # the mixin keeps an existing card: make a new one
     shutil.rmtree(out / "text_encoder", ignore_errors=True)  # no stale tokenizer of another model
-    model.save_pretrained(out, model_card_kwargs=fields)
+    try:
+        model.save_pretrained(out, model_card_kwargs=fields)
+    except OSError as exc:  # a full disk, the folder removed meanwhile
+        print(f"coattn: error: could not write the model folder {out} ({exc.strerror or exc})", file=sys.stderr)
+        return 1
     if args.license:
         from huggingface_hub import ModelCard
 

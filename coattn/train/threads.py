@@ -3,9 +3,10 @@
 torch starts one OpenMP thread per core. Its threads spin-wait for each other at the end of every
 parallel region, so when another process holds one core (a DataLoader worker, a second job on a
 shared machine) every region waits for the thread that lost its core. Measured on 2 cores
-(``benchmarks/threads.py``, a demo-sized training step): idle, 2 threads ran 1.44x faster than 1;
-beside one competing process, 2 threads ran 3.7x *slower* than 1 (0.197 vs 0.053 s per step), and
-``OMP_WAIT_POLICY=PASSIVE`` did not rescue 2 threads (0.83x of 1 thread busy, 0.95x idle).
+(``benchmarks/threads.py``, a demo-sized training step, two runs): idle, 2 threads ran 1.4-1.6x
+faster than 1; beside one competing process, 2 threads ran 3.7-4.2x *slower* than 1 (0.197 vs
+0.053 s per step in run 1), and ``OMP_WAIT_POLICY=PASSIVE`` was no faster than 1 thread either way
+(0.83-1.00x busy, 0.92-0.95x idle).
 
 Policy: on the CPU, ``torch.set_num_threads(usable cores - 1)`` (at least 1): one core is left to
 the data loading and to whatever else runs; on 2 cores that is 1 thread. Overrides: set

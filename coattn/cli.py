@@ -13,6 +13,7 @@ for importing Lightning. Errors meant for people (``coattn.errors.UserFacingErro
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # name -> "module:function"; each takes the remaining argv and returns an exit code.
@@ -32,15 +33,61 @@ TOOLS = {
     "localize": "coattn.tools.localize:main",
 }
 
+# The first screen a new user sees (`coattn`, `coattn --help`): one line per command.
+TRAINING = {
+    "fit": "train a model: coattn fit --config experiments/demo.yaml",
+    "validate": "score a checkpoint on the validation split (--ckpt_path FILE|last|best)",
+    "test": "score a checkpoint on the test split, write results/test/metrics.json",
+    "predict": "write the embeddings and features of the test split (results/predict)",
+}
+SUMMARY = {
+    "synth": "make a small synthetic dataset (Clotho layout): coattn synth data/demo",
+    "augment": "paraphrase training captions with a language model, keep the closest",
+    "data-check": "scan a dataset copy for what training would trip on, before training",
+    "prepare": "write a 48 kHz mono copy of a dataset once (faster training)",
+    "search": "type a sentence, get the matching clips of a folder, ranked",
+    "probe": "the compositional probe (event order, counts) of a trained model",
+    "compare": "test results of several runs side by side",
+    "export": "turn a checkpoint into a self-contained model folder (Hugging Face style)",
+    "serve": "a search page in the browser",
+    "sweep": "run a W&B sweep file locally and report the ablation",
+}
+
+
+def help_text() -> str:
+    width = max(map(len, [*TRAINING, *SUMMARY]))
+    lines = ["usage: coattn <command> [options]    (coattn <command> --help for its options)", "",
+             "coattn: language-based audio retrieval with co-attention.", "",
+             "Start here (in a clone of the repository):",
+             f"  {'make demo':<{width + 2}}  install, make a demo dataset, train, test, print the results table",
+             f"  {'make test':<{width + 2}}  install, then run the whole test suite", "",
+             "Training and evaluation (Lightning):"]
+    lines += [f"  {k:<{width}}    {v}" for k, v in TRAINING.items()]
+    lines += ["", "Tools:"] + [f"  {k:<{width}}    {SUMMARY[k]}" for k in TOOLS]
+    lines += ["", "Errors print one line `coattn: error: ...` (exit 1); COATTN_DEBUG=1 shows the traceback."]
+    return "\n".join(lines)
+
+
+def _run_tool(name: str, argv: list[str]) -> int:
+    """A tool's exit code; an error meant for people (``UserFacingError``) is one line and exit 1."""
+    from coattn.errors import UserFacingError
+
+    module_name, func = TOOLS[name].split(":")
+    try:
+        return int(getattr(importlib.import_module(module_name), func)(argv) or 0)
+    except UserFacingError as exc:
+        if os.environ.get("COATTN_DEBUG"):
+            raise
+        print(f"coattn: error: {exc}", file=sys.stderr)
+        return 1
+
 
 def main(args: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in TOOLS:
-        module_name, func = TOOLS[argv[0]].split(":")
-        return int(getattr(importlib.import_module(module_name), func)(argv[1:]) or 0)
+        return _run_tool(argv[0], argv[1:])
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip() + "\n\nLightningCLI subcommands: fit, validate, test, predict "
-              "(see `coattn fit --help`).\nTools: " + ", ".join(TOOLS))
+        print(help_text())
         return 2 if not argv else 0
     if _moment_config(argv):  # a MomentDataModule config: the moment retrieval app (coattn/train/moments.py)
         from coattn.train.moments import run as run_moments

@@ -45,6 +45,7 @@ from coattn.model_card import MODEL_CARD, describe
 
 log = logging.getLogger(__name__)
 
+REQUIRED_COMPONENTS = ("audio_encoder", "text_encoder")  # config.json entries every model folder has
 FORMAT = "coattn-model/1"  # config.json's "format": what this module writes and reads
 WEIGHTS_FILE = "model.safetensors"  # huggingface_hub.constants.SAFETENSORS_SINGLE_FILE
 CONFIG_FILE = "config.json"
@@ -174,6 +175,12 @@ def read_config(folder: str | os.PathLike, config: dict | None = None) -> dict:
         raise ConfigError(f"{str(folder)!r}: {CONFIG_FILE} has format {found!r}, not {FORMAT!r}: "
                           "not a coattn model folder, or one of a newer coattn")
     config = json.loads(json.dumps(config))  # a deep copy the caller may change
+    for key in REQUIRED_COMPONENTS:
+        spec = config.get(key)
+        if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str):
+            raise ConfigError(f"{folder / CONFIG_FILE}: {key!r} is {'missing' if spec is None else repr(spec)[:80]}, "
+                              "not {\"class_path\": ..., \"init_args\": {...}}: the file is damaged or was edited; "
+                              "export the checkpoint again (coattn export)")
     args = config["text_encoder"].get("init_args") or {}
     if args.get("model") == TEXT_FOLDER and args.get("pretrained") is False:
         args["model"] = str((folder / TEXT_FOLDER).resolve())
@@ -189,7 +196,13 @@ def load_weights(model: nn.Module, folder: str | os.PathLike, config: dict,
 
     folder = Path(folder)
     if config.get("text_tokenizer"):
-        model.text_encoder.load_tokenizer_state((folder / config["text_tokenizer"]).read_text(encoding="utf-8"))
+        tok = folder / config["text_tokenizer"]
+        try:
+            model.text_encoder.load_tokenizer_state(tok.read_text(encoding="utf-8"))
+        except Exception as exc:  # missing, not UTF-8, not a tokenizers JSON (the Rust parser raises Exception)
+            first = (str(exc).splitlines() or [""])[0][:200]
+            raise CheckpointError(f"cannot read the tokenizer {tok}: {type(exc).__name__}: {first}; "
+                                  "export the checkpoint again (coattn export)") from None
     path = folder / WEIGHTS_FILE
     try:
         state = load_file(str(path), device=str(torch.device(map_location)))

@@ -22,6 +22,7 @@ import importlib
 import inspect
 import logging
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -222,6 +223,15 @@ class CoAttnModel(nn.Module, PyTorchModelHubMixin, **hub.HUB_METADATA):
 
     def generate_model_card(self, *args, **kwargs):
         return super().generate_model_card(*args, **{**hub.card_fields(self), **kwargs})
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "CoAttnModel":
+        """The mixin's ``from_pretrained``, with a local folder's ``config.json`` checked first: the mixin
+        ``json.load``s it without naming the file (a bare ``JSONDecodeError`` traceback)."""
+        folder = Path(pretrained_model_name_or_path).expanduser()
+        if folder.is_dir():
+            hub.read_config(folder)  # a ConfigError naming the file and what is wrong
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None = None, cache_dir=None,

@@ -38,7 +38,7 @@ class ProbeItem:
 def items_from_metadata(path: str | os.PathLike, split_folder: str, fnames: list[str], captions: list[str],
                         caption_clip: list[int]) -> list[ProbeItem]:
     """Probe items of the captions that ``coattn synth`` wrote variants for (``synth_metadata.json``)."""
-    meta = json.loads(Path(path).read_text(encoding="utf-8"))
+    meta = read_metadata(path)
     variants: dict[tuple[str, str], dict] = {}
     for key, entry in meta.items():
         for c in entry.get("captions", []) if isinstance(entry, dict) else []:
@@ -50,6 +50,31 @@ def items_from_metadata(path: str | os.PathLike, split_folder: str, fnames: list
             if v and v.get(field):
                 out.append(ProbeItem(kind, clip, text, v[field]))
     return out
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """``synth_metadata.json`` checked: a JSON object of clip -> {"captions": [{"text": ...}, ...]}; anything
+    else is a one-line ``DataError`` naming the file and the entry."""
+    from coattn.errors import DataError, DataNotFoundError
+
+    path = Path(path)
+    hint = "pass the synth_metadata.json that `coattn synth` wrote, or leave --metadata out to rewrite the captions"
+    if not path.is_file():
+        raise DataNotFoundError(f"{path}: variants file not found; {hint}")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); {hint}") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); {hint}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: holds a JSON {type(meta).__name__}, not an object of clip -> captions; {hint}")
+    for key, entry in meta.items():
+        caps = entry.get("captions", []) if isinstance(entry, dict) else None
+        if not isinstance(caps, list) or not all(isinstance(c, dict) and isinstance(c.get("text"), str)
+                                                   for c in caps):
+            raise DataError(f"{path}: entry {key!r} is not {{\"captions\": [{{\"text\": ...}}, ...]}}; {hint}")
+    return meta
 
 
 def items_by_rewriting(captions: list[str], caption_clip: list[int], seed: int = 0) -> list[ProbeItem]:

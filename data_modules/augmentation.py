@@ -35,19 +35,22 @@ def read_paraphrase_jsonl(path: str | Path, strict: bool = False) -> dict[str, l
     """
     out: dict[str, list[str]] = {}
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:  # bytes: a line of binary garbage is one bad line, not a crash of the whole read
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
+                line = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError: reported like bad JSON
                 obj = json.loads(line)
                 caption, paras = obj["caption"], obj["paraphrases"]
                 if not isinstance(caption, str) or not isinstance(paras, list):
                     raise TypeError("caption must be a string and paraphrases a list")
             except (ValueError, KeyError, TypeError) as exc:
                 if strict:
-                    raise ValueError(f"{path}: line {n} is not a {{\"caption\", \"paraphrases\"}} "
-                                     f"object: {exc}") from None
+                    from coattn.errors import DataError
+
+                    raise DataError(f"{path}: line {n} is not a {{\"caption\", \"paraphrases\"}} "
+                                    f"object: {exc}") from None
                 log.warning("%s: skipping line %d (%s)", path, n, exc)
                 continue
             known = out.setdefault(caption, [])

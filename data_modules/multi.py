@@ -28,6 +28,7 @@ evaluation is a config. ``predict`` encodes the first ``test`` dataset.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -80,6 +81,10 @@ class MultiDataModule(AudioCaptionDataModule):
             unknown = [n for n in names if n not in self.datasets]
             if unknown:
                 raise ConfigError(f"data {key}: unknown dataset(s) {unknown}; datasets are {list(self.datasets)}")
+        odd = {k: v for k, v in self.weights.items() if not math.isfinite(v)}
+        if odd:  # NaN passes `<= 0`, inf normalises every other weight to 0: both train on garbage silently
+            raise ConfigError(f"data weights: {', '.join(f'{k}: {v}' for k, v in odd.items())} is not a finite number; "
+                              "give each training dataset a positive finite weight (they are normalised to sum 1)")
         if self.weights and (set(self.weights) != set(self.train) or min(self.weights.values()) <= 0):
             raise ConfigError(f"data weights {self.weights}: give one positive weight per training dataset "
                               f"{self.train} (leave a dataset out of train instead of weighting it 0)")

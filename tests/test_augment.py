@@ -39,7 +39,7 @@ class FakeLLM(BaseHTTPRequestHandler):
             self.wfile.write(b'{"error": {"message": "busy"}}')
             return
         if fault == "slow":
-            time.sleep(2.0)  # the client gave up on this attempt long ago (timeout 0.5 s)
+            time.sleep(4.0)  # the client gave up on this attempt long ago (timeout 1.5 s)
         user = body["messages"][-1]["content"]
         caps = [re.sub(r"^\d+\. ", "", line) for line in user.splitlines()]
         n = int(re.search(r"write (\d+) paraphrases", body["messages"][0]["content"]).group(1))
@@ -109,7 +109,9 @@ def test_generate_batches_retries_and_resumes(server, tmp_path):
 
 def test_client_timeout_and_malformed_answers(server):
     FakeLLM.faults = ["slow", "badbody", "nochoices", ""]
-    client = ChatClient(server, "m", api_key="sk-test", timeout=0.5, max_retries=3)
+    # timeout 1.5 s (not 0.5 s): on a loaded 2-core machine a normal answer of the local server can take
+    # longer than 0.5 s; then an extra retry makes the request count below fail for the machine's load
+    client = ChatClient(server, "m", api_key="sk-test", timeout=1.5, max_retries=3)
     got = client.complete([{"role": "system", "content": "write 2 paraphrases"}, {"role": "user", "content": "1. x"}],
                           lambda s: parse_paraphrases(s, 1))
     assert got == {1: ["x (version 0)", "an unrelated tractor engine"]}
@@ -117,7 +119,7 @@ def test_client_timeout_and_malformed_answers(server):
     # choices were asked again
     assert client.requests == len(FakeLLM.seen) == 4
     assert [s["retry"] for s in FakeLLM.seen] == ["0", "1", "0", "0"]
-    assert gaps()[0] >= 0.5  # timeout (0.5 s) + back-off before the retry
+    assert gaps()[0] >= 1.5  # timeout (1.5 s) + back-off before the retry
 
 
 def test_client_gives_up_and_fails_fast_on_auth(server):

@@ -331,7 +331,9 @@ def test_hf_text_missing_model_fails_fast(monkeypatch):
     t0 = time.perf_counter()
     with pytest.raises(RuntimeError, match="coattn-test/no-such-model.*huggingface-cli download roberta-base"):
         HFTextEncoder(model="coattn-test/no-such-model")
-    assert time.perf_counter() - t0 < 15  # no hub retries
+    # no hub retries: those take minutes (about 4 per model); 60 s leaves room for the imports on a loaded
+    # 2-core machine, where 15 s was a verdict on the machine's load, not on the code
+    assert time.perf_counter() - t0 < 60
 
 
 def test_fft_spectrogram_matches_torchlibrosa():

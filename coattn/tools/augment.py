@@ -175,13 +175,42 @@ def read_captions(paths: list[str]) -> list[str]:
     out: list[str] = []
     for p in paths:
         if p.endswith(".csv"):
-            with open(p, encoding="utf-8-sig") as f:
-                header = f.readline()
+            with open(p, "rb") as f:  # bad bytes are reported by read_csv_rows, naming the row
+                header = f.readline().decode("utf-8-sig", errors="replace")
             cols = [c for c in (f"caption_{k}" for k in range(1, 6)) if c in header] or ["caption"]
             out += [row[c].strip() for _, row in read_csv_rows(p, cols) for c in cols if row[c].strip()]
         else:
-            out += [line.strip() for line in Path(p).read_text(encoding="utf-8").splitlines() if line.strip()]
+            out += _read_text_lines(p)
     return list(dict.fromkeys(out))
+
+
+def check_inputs(a: argparse.Namespace) -> None:
+    """Every input file of the command is there and readable, before a caption is read or a request sent:
+    otherwise one ``DataNotFoundError`` / ``DataError`` line naming the option and the file."""
+    from coattn.errors import DataError, DataNotFoundError
+
+    named = [("captions", p) for p in a.captions] + [("--paraphrases", p) for p in a.paraphrases or []]
+    named += [("--prompt-file", a.prompt_file)] if a.prompt_file else []
+    for option, path in named:
+        if not Path(path).is_file():
+            what = "a directory, not a file" if Path(path).is_dir() else "no such file"
+            raise DataNotFoundError(f"{option} {path}: {what}")
+    cache = Path(a.cache or a.out + ".cache.jsonl")
+    if cache.exists() and not cache.is_file():
+        raise DataError(f"--cache {cache}: a directory stands there; pass another --cache file")
+
+
+def _read_text_lines(path: str) -> list[str]:
+    from coattn.errors import DataError
+
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 text ({exc.reason} at byte {exc.start}): a caption "
+                        "file is a CSV or plain text, one caption per line") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def make_embed(name: str):
@@ -230,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from data_modules.augmentation import read_paraphrase_jsonl, select_top_k, write_augmentation_file
 
+    check_inputs(a)
     captions = read_captions(a.captions)
     print(f"coattn augment: {len(captions)} distinct captions from {', '.join(a.captions)}", flush=True)
     t0 = time.perf_counter()

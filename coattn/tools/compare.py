@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -22,13 +23,50 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def read_metrics(path: str) -> dict:
+    """A ``metrics.json`` of ``coattn test``, checked: a JSON object whose ``metrics`` map names to numbers
+    (``t2a_mAP@10`` among them). Anything else is a one-line ``DataError`` naming the file."""
+    from coattn.errors import DataError, DataNotFoundError
+
+    hint = "not a metrics.json of `coattn test` (run `coattn test` again to rewrite it)"
+    p = Path(path)
+    if not p.is_file():
+        raise DataNotFoundError(f"{path}: not found (run `coattn test` first; it writes "
+                                "<run>/results/test/metrics.json)")
+    try:
+        m = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): {hint}") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}; truncated?): {hint}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if not isinstance(m, dict) or not isinstance(m.get("metrics"), dict):
+        found = f"a JSON {type(m).__name__}" if not isinstance(m, dict) else f"keys {sorted(m)[:6]}"
+        raise DataError(f"{path}: holds {found}, no \"metrics\" object: {hint}")
+    bad = {k: v for k, v in m["metrics"].items()
+           if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)}
+    if bad:
+        k, v = next(iter(bad.items()))
+        raise DataError(f"{path}: metric {k!r} is {v!r}, not a finite number ({len(bad)} such): {hint}")
+    if "t2a_mAP@10" not in m["metrics"]:
+        raise DataError(f"{path}: no t2a_mAP@10 among its metrics {sorted(m['metrics'])[:6]}: {hint}")
+    return m
+
+
 def rows(paths: list[str], names: list[str] | None) -> list[dict]:
     out = []
     for i, p in enumerate(paths):
-        m = json.loads(Path(p).read_text(encoding="utf-8"))
-        metrics, ci, extra = m.get("metrics", {}), m.get("ci", {}), m.get("extra", {})
+        m = read_metrics(p)
+        metrics, ci, extra = m["metrics"], m.get("ci") or {}, m.get("extra") or {}
         name = names[i] if names and i < len(names) else Path(p).parents[2].name if len(Path(p).parents) > 2 else p
         out.append({"name": name, "metrics": metrics, "ci": ci.get("t2a_mAP@10"), "extra": extra})
+    ref = out[0]["metrics"]["t2a_mAP@10"] if out else 1.0
+    if ref <= 0:
+        from coattn.errors import DataError
+
+        raise DataError(f"{paths[0]}: the reference (first file) has t2a_mAP@10 = {ref}: the ratios would be "
+                        "meaningless; put a run with a positive score first")
     return out
 
 
@@ -75,11 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("metrics", nargs="+", help="metrics.json files of `coattn test`")
     p.add_argument("--names", nargs="+", help="a name per file (default: the run folder's name)")
     a = p.parse_args(argv)
-    missing = [m for m in a.metrics if not Path(m).is_file()]
-    if missing:
-        print(f"coattn compare: not found: {', '.join(missing)} (run `coattn test` first)", file=sys.stderr)
-        return 2
-    print(table(rows(a.metrics, a.names)))
+    print(table(rows(a.metrics, a.names)))  # every file is read and checked before anything is printed
     return 0
 
 

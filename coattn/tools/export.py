@@ -16,9 +16,43 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """``out`` can be created and written (a probe file, not ``os.access``: root passes permission checks
+    but not a read-only file system), and is empty unless ``overwrite``; ``OutputError`` naming it if not."""
+    import tempfile
+
+    from coattn.errors import OutputError
+
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"OUT_DIR {out}: a file stands there; choose a folder name")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputError(f"OUT_DIR {out} is not empty; pass --overwrite to replace its files, or choose another "
+                          "folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".coattn-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise OutputError(f"OUT_DIR: cannot write to {str(out)!r} ({exc.strerror or exc}); choose a folder "
+                          "you can write") from None
+
+
+def check_metrics(path: str) -> None:
+    """``--metrics``: a ``metrics.json`` of ``coattn test`` (the checks of ``coattn compare``), named if not."""
+    from coattn.errors import DataError
+    from coattn.tools.compare import read_metrics
+
+    try:
+        read_metrics(path)
+    except DataError as exc:
+        raise DataError(f"--metrics {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,15 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     from coattn.model import CoAttnModel
 
     out = Path(args.out_dir)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        print(f"coattn export: {out} is not empty; pass --overwrite to replace its files", file=sys.stderr)
-        return 2
     try:
+        check_out_dir(out, args.overwrite)  # before the checkpoint is read: a one-line error naming the folder
+        if args.metrics:
+            check_metrics(args.metrics)
         model = CoAttnModel.from_checkpoint(args.ckpt_path)
         meta = load_checkpoint(args.ckpt_path, mmap=True)  # epoch / step for the card (memory-mapped: cheap)
         fields = model_card.training(args.ckpt_path, meta, args.run_dir, args.metrics)
-    except (UserFacingError, OSError) as exc:
-        print(f"coattn export: {exc}", file=sys.stderr)
+    except (UserFacingError, OSError, ValueError) as exc:
+        print(f"coattn: error: {exc}", file=sys.stderr)
         return 2
     command = " ".join(["coattn", "export", *(argv if argv is not None else sys.argv[1:])])
     fields.update(model_name=args.name or out.resolve().name, repo_id=args.repo_id or str(out),
@@ -69,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         fields["license_text"] = f"`{args.license}` (the `license` field of this card's metadata)."
     (out / "README.md").unlink(missing_ok=True)  # the mixin keeps an existing card: make a new one
     shutil.rmtree(out / "text_encoder", ignore_errors=True)  # no stale tokenizer of another model
-    model.save_pretrained(out, model_card_kwargs=fields)
+    try:
+        model.save_pretrained(out, model_card_kwargs=fields)
+    except OSError as exc:  # a full disk, the folder removed meanwhile
+        print(f"coattn: error: could not write the model folder {out} ({exc.strerror or exc})", file=sys.stderr)
+        return 1
     if args.license:
         from huggingface_hub import ModelCard
 

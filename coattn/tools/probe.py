@@ -47,10 +47,19 @@ def main(argv: list[str] | None = None) -> int:
                                                  "applies to (no model)")
     p.add_argument("--batch-size", type=int, default=16, help="clips per encoder batch")
     a, rest = p.parse_known_args(argv)
+    from coattn.errors import DataNotFoundError
+
+    for path in a.captions or []:  # every input checked before anything is read or loaded
+        if not Path(path).is_file():
+            raise DataNotFoundError(f"--captions {path}: no such caption file")
     if a.captions:
         return _captions_only(a.captions)
     if not a.config or not a.ckpt_path:
         p.error("--config and --ckpt_path are required (or --captions FILE for the applicability count)")
+    if a.metadata:
+        from coattn.probe import read_metadata
+
+        read_metadata(a.metadata)  # a bad --metadata: one line now, not a traceback after the model loaded
     return probe(a, rest)
 
 

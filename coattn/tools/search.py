@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.ckpt_path, args.model, device)
         index = build_index(model, args.audio_dir, args.index_dir, args.batch_size, device)
     except (FileNotFoundError, ValueError, UserFacingError) as exc:
-        print(f"coattn search: {exc}", file=sys.stderr)
+        print(f"coattn: error: {exc}", file=sys.stderr)
         return 2
     results = search(model, index, args.query, args.top_k, args.mode, args.rerank_k, device)
     if args.json:

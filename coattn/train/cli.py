@@ -61,7 +61,7 @@ from coattn import hub
 from coattn.errors import CheckpointError, ConfigError, UserFacingError
 from coattn.io import load_checkpoint
 from coattn.model import CoAttnModel
-from coattn.train import legacy, runs, startup
+from coattn.train import legacy, quiet, runs, startup, threads
 from coattn.train.checkpoints import SafeCheckpointIO, checkpoint_dirs, find_last_checkpoint
 
 ARCHITECTURE = frozenset(p for p in inspect.signature(CoAttnModel).parameters)  # what a checkpoint restores
@@ -113,6 +113,7 @@ class CoAttnCLI(LightningCLI):
         self._ckpt_file: str | None = None
         self._ckpt_shapes: dict[str, tuple] | None = None
         self._exported: tuple[Path, dict] | None = None  # (folder, config) of --model DIR
+        quiet.install()  # the Lightning notes coattn causes on purpose (coattn/train/quiet.py)
         super().__init__(CoAttnRetrieval, AudioCaptionDataModule, subclass_mode_data=True,
                          save_config_callback=WandbSaveConfigCallback, save_config_kwargs={"overwrite": True},
                          args=args, run=run, parser_kwargs={"parser_mode": legacy.register_parser_mode()})
@@ -250,6 +251,7 @@ class CoAttnCLI(LightningCLI):
         if self._parse_only:
             raise _ParsedOnly(self)
         sub, cfg = self._section()
+        threads.apply_cpu_thread_policy((cfg.get("trainer") or {}).get("accelerator"))  # coattn/train/threads.py
         if sub == "fit":
             startup.nothing_to_train(cfg.get("trainer"))
         startup.needs_checkpoint(sub, cfg.get("ckpt_path"), bool(cfg.get("untrained")) or self._exported is not None)
@@ -262,6 +264,9 @@ class CoAttnCLI(LightningCLI):
             run_id = runs.read_wandb_run_id(ckpt)
             if run_id and runs.set_wandb_resume(cfg, run_id):
                 print(f"W&B: continuing run {run_id} (from {ckpt})", file=sys.stderr)
+
+    def before_fit(self) -> None:  # LightningCLI calls it before trainer.fit
+        quiet.eval_modules_on_purpose(self.model)  # encoders hold some modules in eval on purpose
 
     def _claim_run_folder(self, cfg) -> None:
         """One fit per run folder (a lock), and a fresh start never overwrites another run's checkpoints."""

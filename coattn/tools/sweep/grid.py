@@ -21,16 +21,30 @@ DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 
 
 def load_sweep(path: str | Path) -> dict:
-    cfg = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    """The sweep file, checked; a missing file, YAML that does not parse or a file that is no W&B sweep is
+    a ``ConfigError`` (a ValueError) naming the file (and the line)."""
+    from coattn.errors import ConfigError, DataNotFoundError
+
+    if not Path(path).is_file():
+        raise DataNotFoundError(f"{path}: no such sweep file (a W&B sweep YAML: method, metric, parameters, command)")
+    try:
+        cfg = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"{path}: {where}not valid YAML ({what})") from None
     if not isinstance(cfg, dict) or "method" not in cfg or not isinstance(cfg.get("parameters"), dict):
-        raise ValueError(f"{path}: a W&B sweep file needs 'method' and a 'parameters' mapping")
+        raise ConfigError(f"{path}: a W&B sweep file needs 'method' and a 'parameters' mapping")
     if cfg["method"] not in ("grid", "random", "bayes"):
-        raise ValueError(f"{path}: method {cfg['method']!r} is not grid, random or bayes")
+        raise ConfigError(f"{path}: method {cfg['method']!r} is not grid, random or bayes")
     command = cfg.get("command", DEFAULT_COMMAND)
     if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
-        raise ValueError(f"{path}: 'command' must be a YAML list of strings")
+        raise ConfigError(f"{path}: 'command' must be a YAML list of strings")
     if "${args}" in command and "--config" in command and command.index("${args}") < command.index("--config"):
-        raise ValueError(f"{path}: '${{args}}' must come after '--config' (later arguments override the config)")
+        raise ConfigError(f"{path}: '${{args}}' must come after '--config' (later arguments override the config)")
     return cfg
 
 

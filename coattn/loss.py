@@ -157,7 +157,7 @@ class RetrievalLoss:
         + swap_negatives      a caption that states an order also ranks its own clip with its event
                               segments reversed at the event boundaries (needs event timings)
         residual_lambda > 0   every pair logit is (s_pair + lambda_r * sg(s_dual)) / tau: the cascade
-                              learns what the dual misses (``local`` only)
+                              learns what the dual misses (``local`` or ``hard``)
         + grounding_weight * L_ground   the positive pairs' cross-attention taught event timings
     (coattn/time_binding.py, docs/README_time.md)
 
@@ -199,9 +199,9 @@ class RetrievalLoss:
         if not (self.residual_lambda >= 0 and math.isfinite(self.residual_lambda)) or self.grounding_weight < 0:
             raise ConfigError(f"model.loss.residual_lambda and grounding_weight must be >= 0, got "
                               f"{self.residual_lambda}, {self.grounding_weight}")
-        if self.residual_lambda and self.pair_negatives != "local":
-            raise ConfigError(f"model.loss.pair_negatives {self.pair_negatives!r} is not supported with residual "
-                              "scoring (residual_lambda > 0): use 'local'")
+        if self.residual_lambda and self.pair_negatives == "global":
+            raise ConfigError("model.loss.pair_negatives 'global' is not supported with residual scoring "
+                              "(residual_lambda > 0): use 'local' or 'hard'")
         self._generator = torch.Generator().manual_seed(self.seed)
 
     def __call__(self, model, audio: SequenceFeatures, text: SequenceFeatures, caption_clip: torch.Tensor,
@@ -262,15 +262,19 @@ def pair_logits(cfg: RetrievalLoss, model, text_p, audio_p, audio: SequenceFeatu
     invalid = same_clip_mask(caption_clip, col_clip, targets)  # (B, G): other captions of the same clip
     if cfg.pair_negatives == "hard":
         with torch.no_grad():
-            cols, valid = mine(dual_t @ gather_no_grad(dual_a).t(), invalid, targets, cfg.pair_k, cfg.pair_random, gen)
+            dual_grid = dual_t @ gather_no_grad(dual_a).t()  # (B, G): mines the negatives, and s_dual of residual
+            cols, valid = mine(dual_grid, invalid, targets, cfg.pair_k, cfg.pair_random, gen)
         uniq, inv = torch.unique(cols, return_inverse=True)
         t2a = model.score_block(text_p, rows, model.cascade.clip_stage(audio_p, uniq), inv)
+        t2a = residual_scores(t2a, dual_grid.gather(1, cols) if lam else None, lam)
         t2a = t2a.masked_fill(~valid, float("-inf")) * scale
         with torch.no_grad():  # each clip's captions: its own first, then hard and random ones
             inv_t = same_clip_mask(clip_ids, caption_clip, rows)
             caps, valid_t = mine(dual_a @ dual_t.t(), inv_t, rows, cfg.pair_k, cfg.pair_random, gen)
         a2t = model.score_pairs(text_p, caps.reshape(-1), audio_p, targets.repeat_interleave(caps.shape[1]))
-        a2t = a2t.view(caps.shape).masked_fill(~valid_t, float("-inf")) * scale
+        # clip j (this rank's) against caption caps[j, k]: s_dual = dual_t[caps[j, k]] . dual_a[j]
+        dual_caps = (dual_t[caps] * dual_a[:, None, :]).sum(-1) if lam else None
+        a2t = residual_scores(a2t.view(caps.shape), dual_caps, lam).masked_fill(~valid_t, float("-inf")) * scale
     else:  # local / global: every pair once; the clip view reads the same grid
         grid = residual_scores(model.score_grid(text_p, audio_p), fp32_similarity(dual_t, dual_a), lam) * scale
         t2a = _all_columns(grid, invalid, targets)

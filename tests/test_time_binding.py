@@ -87,9 +87,23 @@ def test_residual_caption_negatives_carry_their_own_dual_score(monkeypatch):
     torch.testing.assert_close(a2t[:, len(CAPTIONS) + 1], want)  # the first rewrite of each clip's caption
 
 
-def test_residual_rejects_mined_negatives_and_sets_the_fusion_lambda():
+def test_residual_with_every_mined_negative_equals_the_bxb_grid():
+    """hard with K = B - 1 hardest and R = 0 random negatives scores exactly the B x B pairs: the same loss as
+    local, residual term included (each mined pair carries its own s_dual, on both sides)."""
+    text, audio, clips = batch()
+    m = model()
+    local = RetrievalLoss(residual_lambda=1.0)(m, audio, text, clips, clips)["pair_loss"]
+    hard = RetrievalLoss(residual_lambda=1.0, pair_negatives="hard", pair_k=len(clips) - 1,
+                         pair_random=0)(m, audio, text, clips, clips)["pair_loss"]
+    torch.testing.assert_close(hard, local)
+    plain = RetrievalLoss(pair_negatives="hard", pair_k=len(clips) - 1, pair_random=0)(m, audio, text, clips,
+                                                                                        clips)["pair_loss"]
+    assert float(plain.detach()) != pytest.approx(float(hard.detach()))
+
+
+def test_residual_rejects_global_negatives_and_sets_the_fusion_lambda():
     with pytest.raises(ConfigError, match="not supported with residual"):
-        RetrievalLoss(residual_lambda=1.0, pair_negatives="hard")
+        RetrievalLoss(residual_lambda=1.0, pair_negatives="global")
     from coattn.train.module import CoAttnRetrieval
 
     cascade = CoAttentionCascade(kind="iterating", depth=1, width=32, heads=4, ffn_dim=64)

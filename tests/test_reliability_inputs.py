@@ -52,7 +52,8 @@ def test_bad_relevance_file_is_refused_before_scoring(model_ckpt, tiny_clotho, t
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(CoAttnRetrieval, "_evaluate", scored)
-    line = one_error_line(capsys, _test_args(tiny_clotho, model_ckpt, f"--data.init_args.relevance_files={{test: {rel}}}"))
+    rel_arg = f"--data.init_args.relevance_files={{test: {rel}}}"
+    line = one_error_line(capsys, _test_args(tiny_clotho, model_ckpt, rel_arg))
     assert line.startswith(f"{rel}: line 3: clip 'no_such_clip.wav'"), line
 
 
@@ -68,7 +69,8 @@ def test_a_late_relevance_failure_keeps_the_scores(model_ckpt, tiny_clotho, tmp_
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(coattn.relevance, "multi_relevance_metrics", late)
-    line = one_error_line(capsys, _test_args(tiny_clotho, model_ckpt, f"--data.init_args.relevance_files={{test: {rel}}}"))
+    rel_arg = f"--data.init_args.relevance_files={{test: {rel}}}"
+    line = one_error_line(capsys, _test_args(tiny_clotho, model_ckpt, rel_arg))
     out = tmp_path / "runs/demo_scratch/results/test"
     assert line.startswith(f"{rel}: vanished (the other results are written to {out.relative_to(tmp_path)})"), line
     assert (out / "metrics.json").is_file() and (out / "scores.npz").is_file()

@@ -107,7 +107,8 @@ class FeatureCache:
     # ---- stores (folders) keyed by encoder identity + weights (+ crop) ------------------------
     def audio_meta(self) -> dict:
         return {"kind": "audio", **encoder_key(self.audio_encoder), "sample_rate": self.sample_rate,
-                "clip_samples": self.clip_samples, "crop": self.crop, "file_key": "resolved path + size + mtime_ns + fingerprint",
+                "clip_samples": self.clip_samples, "crop": self.crop,
+                "file_key": "resolved path + size + mtime_ns + fingerprint",
                 **({"pad": self.pad} if self.pad != "repeat" else {})}  # repeat: the keys of caches made before
 
     def text_meta(self) -> dict:

@@ -82,12 +82,12 @@ def test_sigterm_during_validation_is_validated_on_resume(tiny_clotho, tmp_path)
     resumed = subprocess.run([*coattn_cmd(), *args, "--ckpt_path", "last"], cwd=tmp_path, env=subprocess_env(),
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stderr.count("coattn: validating epoch 0 first: a SIGTERM stopped its validation") == 1
     metrics = read_metrics(tmp_path / "runs/demo_scratch/logs/version_1/metrics.csv")
     assert 0 in metrics and "val/t2a_mAP@10" in metrics[0], metrics
     assert (ckpts / "best.ckpt").is_file()
     best = torch.load(ckpts / "best.ckpt", map_location="cpu", weights_only=True)
     assert best["epoch"] == 0 and best["global_step"] == 2
+    assert resumed.stderr.count("coattn: validating epoch 0 first: a SIGTERM stopped its validation") == 1
 
 
 from lightning.pytorch import Callback  # noqa: E402 (the helper below is loaded by class path in the subprocess)

@@ -6,7 +6,9 @@ so the rename is atomic), fsync, ``os.replace`` over the target, fsync the folde
 or a concurrent reader sees either the old complete file or the new complete one. (Lightning
 2.6.6's own ``_atomic_save`` writes ``tempfile.mkstemp()`` in ``$TMPDIR`` and ``shutil.move``\\ s it:
 a *copy* when ``$TMPDIR`` is another file system, so a kill during it truncates ``last.ckpt``.)
-Partial files of killed writers are swept by ``clean_partials``.
+Partial files of killed writers are swept by ``clean_partials``. A full disk, a used-up quota or
+a file size limit (``ulimit -f``) is an ``OutputError`` naming the file (one line, not torch's
+"enforce fail at inline_container.cc"); the temp file is removed and the previous file stays.
 
 Reading (``load_checkpoint``, for coattn's Lightning checkpoints and LAION-CLAP's files alike):
 ``torch.load(weights_only=True)`` always, whatever the caller or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import glob
 import hashlib
 import os
@@ -40,7 +43,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from coattn.errors import CheckpointError, CheckpointNotFoundError
+from coattn.errors import CheckpointError, CheckpointNotFoundError, OutputError
 
 PARTIAL_PREFIX = ".coattn-"
 PARTIAL_SUFFIX = ".partial"
@@ -74,11 +77,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # what a plain open() would give, not mkstemp's 0600
         os.replace(tmp, path)
-    except BaseException:  # leave no temp file behind, whatever went wrong (KeyboardInterrupt too)
+    except BaseException as exc:  # leave no temp file behind, whatever went wrong (KeyboardInterrupt too)
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        full = _full_disk(exc)
+        if full is not None:  # torch.save hides the errno in a C++ "enforce fail" RuntimeError's context
+            kept = "the previous file is kept" if os.path.exists(path) else "nothing was written there"
+            raise OutputError(f"could not write {path}: {full.strerror} ({_FULL[full.errno]}); {kept}. Free "
+                              "space or raise the limit, then run the command again") from exc
         raise
     _fsync_folder(folder)
+
+
+_FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+         errno.EFBIG: "the file size limit (ulimit -f) is reached"}
+
+
+def _full_disk(exc: BaseException) -> OSError | None:
+    """The OSError of a full disk, quota or file size limit in ``exc`` or the exceptions it came from."""
+    seen: list[BaseException] = []
+    while exc is not None and all(exc is not e for e in seen):
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError) and exc.errno in _FULL:
+            return exc
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -258,4 +281,22 @@ def weights_digest(module: torch.nn.Module) -> str:
     for k, v in module.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+FINGERPRINT_BLOCK = 4096
+
+
+def file_fingerprint(path: str | os.PathLike, block: int = FINGERPRINT_BLOCK) -> str:
+    """Short SHA-1 of a file's size and of three ``block``-byte samples of its content (start, middle,
+    end): 3 reads of 4 KiB whatever the size, so a file replaced by another of the same size (and
+    mtime) is told apart, without reading whole audio folders or checkpoints. An edit confined to
+    bytes outside the samples is not seen."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        h.update(str(size).encode())
+        for at in dict.fromkeys((0, max(0, size // 2 - block // 2), max(0, size - block))):
+            f.seek(at)
+            h.update(f.read(block))
     return h.hexdigest()[:16]

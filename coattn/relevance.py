@@ -37,6 +37,7 @@ from __future__ import annotations
 import ast
 import csv
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -62,7 +63,7 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
-        raise DataError(f"relevance file {path} not found") from None
+        raise DataError(f"relevance file {path} not found: fix the path in data relevance_files") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
 
@@ -72,6 +73,7 @@ def read_relevance(path: str | Path, threshold: float | None = None) -> list[Rel
     path = Path(path)
     rows = csv.DictReader(io.StringIO(_read_text(path), newline=""))
     header = set(rows.fieldnames or [])
+    first_line: dict = {}  # query (DCASE 2025) or (query, clip) (graded) -> line of its first row
     if {"query", "audio_filenames"} <= header:
         out = []
         for row in rows:
@@ -82,6 +84,11 @@ def read_relevance(path: str | Path, threshold: float | None = None) -> list[Rel
             if not isinstance(clips, list) or not clips or not all(isinstance(c, str) for c in clips):
                 raise DataError(f"{path}: line {rows.line_num}: audio_filenames must be a non-empty list of file "
                                 f"names like \"['a.wav', 'b.wav']\", got {row['audio_filenames']!r}")
+            if row["query"].strip() in first_line:
+                raise DataError(f"{path}: line {rows.line_num}: query {row['query']!r} repeats line "
+                                f"{first_line[row['query'].strip()]} (it would count twice in mAP@16): keep one "
+                                "row per query")
+            first_line[row["query"].strip()] = rows.line_num
             out.append(RelevanceQuery(row["query"], clips, rows.line_num))
         return out
     query_col = "caption" if "caption" in header else "query"
@@ -95,6 +102,14 @@ def read_relevance(path: str | Path, threshold: float | None = None) -> list[Rel
             value = float(row["relevance"])
         except (TypeError, ValueError):
             raise DataError(f"{path}: line {rows.line_num}: relevance {row['relevance']!r} is not a number") from None
+        if not math.isfinite(value):
+            raise DataError(f"{path}: line {rows.line_num}: relevance {row['relevance']!r} is not a finite number "
+                            "(NaN or infinity): fix or remove that row")
+        pair = (row[query_col].strip(), row["file_name"])
+        if pair in first_line:
+            raise DataError(f"{path}: line {rows.line_num}: query {row[query_col]!r} with clip {row['file_name']!r} "
+                            f"repeats line {first_line[pair]} (it would count twice): keep one row per pair")
+        first_line[pair] = rows.line_num
         values.append(value)
         q = graded.setdefault(row[query_col], RelevanceQuery(row[query_col], [], rows.line_num))
         q.line = rows.line_num
@@ -175,6 +190,17 @@ def per_query_multi_metrics(scores: Tensor, query_rows: Tensor, relevant: Tensor
     for k in ks:
         out[f"multi_R@{k}"] = (best < k).double()
     return out
+
+
+def check_relevance(path: str | Path, threshold: float | None, captions: Sequence[str], fnames: Sequence[str]) -> int:
+    """Read and match a relevance file against a split before it is scored (the data module's set-up):
+    DataError naming the file and line for anything ``multi_relevance_metrics`` would refuse at the end.
+    Returns the number of queries."""
+    queries = read_relevance(path, threshold)
+    if not queries:
+        raise DataError(f"{path}: no query with a relevant clip")
+    match_relevance(queries, captions, fnames, path)
+    return len(queries)
 
 
 def multi_relevance_metrics(scores: Tensor, captions: Sequence[str], fnames: Sequence[str], path: str | Path,

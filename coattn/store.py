@@ -9,13 +9,25 @@ ignored. Shards are append-only; ``compact`` drops the entries no live key point
 Damage heals: a shard whose files cannot be read or disagree in length (a truncated copy, a full
 disk, a binary ``keys.json``) is reported in one warning naming the file and removed, so its
 entries count as missing and the caller rebuilds them; a damaged ``meta.json`` is rewritten.
+Contents are checked too: each shard records a CRC-32 per entry (``NAME.sums.json``, of the
+entry's states, mask, pooled and valid bytes) when it is written, and ``verify`` (which the
+feature cache and ``coattn search`` call on the entries they are about to use) recomputes them:
+an entry whose bytes changed (bit rot, a bad copy, a program writing into the ``.npy``) is
+forgotten with one warning and rebuilt. Shards written before the sums existed are not checked.
+``verify`` also warns (once, counting them) when valid entries hold constant features (all zeros,
+say): not damage, so kept, but the mark of an encoder bug worth a look. Of two entries under one
+key, the newer shard's wins (a rebuilt entry replaces a damaged one).
 
 Keys (any change is a miss):
 
     encoder_key(encoder)  ``encoder.identity()`` (config, checkpoint file, tokenizer...) + a SHA-1 of
                           its weights, so a fine-tuned, then frozen model never reads another's features
-    file_key(path)        resolved path + size + mtime (ns): a stat, not a content hash (hashing
-                          would read Clotho's 7 GB on every run; ``touch`` a file edited in place)
+    file_key(path)        resolved path + size + mtime (ns) + ``coattn.io.file_fingerprint`` (SHA-1
+                          of 3 blocks of 4 KiB: start, middle, end): a file replaced by another of the
+                          same size and mtime (``cp -p``, ``rsync -t``, an archive) is a miss. Not a
+                          full hash: that would read Clotho's 7 GB on every run; the 3 blocks cost
+                          about 12 KiB read per file (``benchmarks/file_key.py``). An edit confined to
+                          bytes outside those blocks that keeps size and mtime is not seen
     caption_key(text)     SHA-1 of the caption string
 """
 from __future__ import annotations
@@ -26,6 +38,7 @@ import logging
 import os
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -33,7 +46,7 @@ import numpy as np
 import torch
 
 from coattn.features import SequenceFeatures
-from coattn.io import atomic_write, atomic_write_text, weights_digest
+from coattn.io import atomic_write, atomic_write_text, file_fingerprint, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +59,22 @@ def sha1_of(obj) -> str:
 
 
 def file_key(path: str | os.PathLike) -> str:
-    """Entry key of an audio file: resolved path + size + mtime (module docstring: why not a hash)."""
+    """Entry key of an audio file: resolved path + size + mtime + a fingerprint of 3 blocks of its
+    content (module docstring: why not a full hash)."""
     p = Path(path).resolve()
     st = p.stat()
-    return sha1_of([str(p), st.st_size, st.st_mtime_ns])
+    return sha1_of([str(p), st.st_size, st.st_mtime_ns, file_fingerprint(p)])
+
+
+def row_sums(parts: dict[str, np.ndarray], rows: Sequence[int] | None = None) -> list[int]:
+    """CRC-32 of each entry (row) of a shard's parts: its states, mask, pooled and valid bytes."""
+    out = []
+    for i in range(len(parts["valid"])) if rows is None else rows:
+        crc = 0
+        for p in PARTS:
+            crc = zlib.crc32(np.ascontiguousarray(parts[p][i]).tobytes(), crc)
+        out.append(crc)
+    return out
 
 
 def caption_key(caption: str) -> str:
@@ -74,6 +99,9 @@ class FeatureStore:
         self._shards: dict[str, dict[str, np.ndarray]] = {}
         self._keys: dict[str, list[str]] = {}
         self._index: dict[str, tuple[str, int]] = {}
+        self._sums: dict[str, list[int] | None] = {}  # shard -> CRC-32 per row (None: written before sums)
+        self._damaged: set[tuple[str, int]] = set()  # (shard, row) whose bytes no longer match their sum
+        self._verified: set[str] = set()  # keys whose current entry verified
         self.healed: list[str] = []  # shards found damaged and removed (their entries are missing again)
         self.refresh()
 
@@ -108,6 +136,15 @@ class FeatureStore:
         bad = [f"{name}.{p}.npy" for p, a in parts.items() if a.ndim == 0 or a.shape[0] != len(keys)]
         if bad:
             raise ValueError(f"{kf} lists {len(keys)} keys, but {', '.join(bad)} hold another number of rows")
+        sums = None
+        if (self.root / f"{name}.sums.json").is_file():
+            try:
+                sums = json.loads((self.root / f"{name}.sums.json").read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{name}.sums.json: {type(exc).__name__}") from None
+            if not isinstance(sums, list) or len(sums) != len(keys) or not all(isinstance(x, int) for x in sums):
+                raise ValueError(f"{name}.sums.json does not hold one checksum per key")
+        self._sums[name] = sums
         return keys, parts
 
     def refresh(self) -> None:
@@ -122,8 +159,9 @@ class FeatureStore:
                 self._remove(name, why=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 continue
             self._shards[name], self._keys[name] = parts, keys
-            for i, k in enumerate(keys):
-                self._index.setdefault(k, (name, i))
+            for i, k in enumerate(keys):  # shard names sort by write time: the newest entry of a key wins
+                self._index[k] = (name, i)
+                self._verified.discard(k)
 
     def _remove(self, name: str, why: str) -> None:
         log.warning("feature store %s: shard %s is damaged (%s): removed; its entries will be rebuilt",
@@ -148,9 +186,43 @@ class FeatureStore:
         name = f"shard-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
         for part, arr in arrays.items():
             atomic_write(self.root / f"{name}.{part}.npy", lambda f, a=arr: np.save(f, np.ascontiguousarray(a)))
+        atomic_write_text(self.root / f"{name}.sums.json", json.dumps(row_sums(arrays)))
         atomic_write_text(self.root / f"{name}.keys.json", json.dumps(list(keys)))
         self.refresh()
         return name
+
+    def verify(self, keys: Sequence[str], warn: bool = True) -> list[str]:
+        """Check the entries of ``keys`` against the checksums written with them; a damaged entry is
+        forgotten (``key in store`` is then False, so the caller rebuilds it) with one warning for all.
+        Warns too when valid entries hold constant features. Returns the damaged keys."""
+        todo: dict[str, list[tuple[int, str]]] = {}
+        for k in dict.fromkeys(keys):
+            if k in self._index and k not in self._verified:
+                name, i = self._index[k]
+                todo.setdefault(name, []).append((i, k))
+        damaged, constant = [], []
+        for name, entries in todo.items():
+            parts, sums = self._shards[name], self._sums.get(name)
+            for (i, k), crc in zip(entries, row_sums(parts, [i for i, _ in entries])):
+                if sums is not None and crc != sums[i]:
+                    damaged.append((k, name, i))
+                    continue
+                self._verified.add(k)
+                states = parts["states"][i]
+                if bool(parts["valid"][i]) and states.size and float(states.max()) == float(states.min()):
+                    constant.append((k, float(states.max())))
+        for k, name, i in damaged:
+            self._damaged.add((name, i))
+            del self._index[k]
+        if damaged and warn:
+            log.warning("feature store %s: %d entries damaged (their bytes no longer match the checksum written "
+                        "with them, e.g. row %d of shard %s): forgotten; they are rebuilt", self.root, len(damaged),
+                        damaged[0][2], damaged[0][1])
+        if constant and warn:
+            log.warning("feature store %s: %d of %d entries hold constant features (every value %g, e.g. key %s): "
+                        "an encoder that returned zeros? delete %s to rebuild them", self.root, len(constant),
+                        len(keys), constant[0][1], constant[0][0], self.root)
+        return [k for k, _, _ in damaged]
 
     def write_stream(self, batches: Iterable[tuple[Sequence[str], SequenceFeatures, torch.Tensor]],
                      shard_rows: int = SHARD_ROWS) -> int:
@@ -222,10 +294,12 @@ class FeatureStore:
             for f in self.root.glob(f"{name}.*"):
                 f.unlink(missing_ok=True)
             del self._shards[name], self._keys[name]
+            self._sums.pop(name, None)
             dropped += len(dead)
         if dropped:
             self._index = {}
-            for name, keys in self._keys.items():
+            for name, keys in sorted(self._keys.items()):
                 for i, k in enumerate(keys):
-                    self._index.setdefault(k, (name, i))
+                    if (name, i) not in self._damaged:
+                        self._index[k] = (name, i)
         return dropped

@@ -249,6 +249,20 @@ class AudioCaptionDataModule(pl.LightningDataModule):
                   None: ("train", "val", "test")}[stage]
         for name in wanted:
             self._dataset(name)
+            if stage != "predict":
+                self.check_relevance(name)
+
+    def check_relevance(self, name: str) -> None:
+        """Read the relevance file of split ``name`` (if any) and match it to the split now, at set-up: a bad
+        file (missing, unparsable, repeated rows, NaN, unknown captions or clips) is a one-line DataError
+        naming the file and line before any pair is scored, not after."""
+        path = self.relevance_files.get(SPLIT_ALIASES.get(name, name))
+        if not path:
+            return
+        from coattn.relevance import check_relevance
+
+        captions, _ = self.split_captions(name)
+        check_relevance(path, self.relevance_threshold, captions, self.split_clips(name))
 
     def _dataset(self, name: str) -> Dataset:
         if name not in self._datasets:

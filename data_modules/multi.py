@@ -181,6 +181,8 @@ class MultiDataModule(AudioCaptionDataModule):
                 self._dataset("train")
             for name in self.eval_names(split):
                 self._eval_dataset(split, name)
+                if split != "predict":
+                    self.datasets[name].check_relevance(split)
 
     def _dataset(self, name: str) -> Dataset:
         if name != "train":

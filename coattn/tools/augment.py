@@ -15,7 +15,9 @@ overload (5xx), timeouts and dropped connections with exponential back-off and h
 server's Retry-After. An answer that arrives but is unusable (not JSON, no choices, no paraphrase
 lists) is asked again. Every finished caption is appended to a JSONL cache (default
 ``<out>.cache.jsonl``) as soon as it arrives: an interrupted run resumes where it stopped and
-never pays for a caption twice. The key is read from an environment variable only
+never pays for a caption twice. At most ``--concurrency`` requests are in flight; Ctrl-C sends no
+new one, waits for those (their answers are paid for: they are kept) and exits 130 with one line
+(a second Ctrl-C abandons them). The key is read from an environment variable only
 (``--api-key-env``) and never printed or written.
 """
 from __future__ import annotations
@@ -25,8 +27,11 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -141,31 +146,67 @@ def generate(captions: list[str], client: ChatClient, cache: Path, n: int = 5, b
 
     cache.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(todo), desc="paraphrasing", unit="caption", disable=not progress, file=sys.stderr)
-    with open(cache, "a", encoding="utf-8") as f, ThreadPoolExecutor(max(1, concurrency)) as pool:
-        pending = {pool.submit(run, b) for b in batches}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                try:
-                    batch, got = fut.result()
-                except Exception:
-                    for p in pending:
-                        p.cancel()
-                    raise
-                for i, caption in enumerate(batch):
-                    if i + 1 in got:
-                        # one line per caption, flushed now: a crash loses at most the batches in flight
-                        f.write(json.dumps({"caption": caption, "paraphrases": got[i + 1], "model": client.model},
-                                           ensure_ascii=False) + "\n")
-                        done[caption] = got[i + 1]
-                        bar.update(1)
-                    elif len(batch) > 1:  # the model skipped it: ask again on its own
-                        pending.add(pool.submit(run, [caption]))
-                    else:
-                        log.warning("no paraphrases for %r; rerun to retry", caption)
-                f.flush()
-    bar.close()
+    queue, width = deque(batches), max(1, concurrency)
+    stop = _StopOnSigint()
+    pool = ThreadPoolExecutor(width)
+    pending: set = set()
+    try:
+        with open(cache, "a", encoding="utf-8") as f, stop:
+            while True:
+                # at most `concurrency` requests in flight: Ctrl-C then waits for those, never for the rest
+                while queue and len(pending) < width and not stop.requested:
+                    pending.add(pool.submit(run, queue.popleft()))
+                if not pending:
+                    break
+                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    batch, got = fut.result()  # an error: the finally below cancels the rest
+                    for i, caption in enumerate(batch):
+                        if i + 1 in got:
+                            # one line per caption, flushed now: a crash loses at most the batches in flight
+                            f.write(json.dumps({"caption": caption, "paraphrases": got[i + 1],
+                                                "model": client.model}, ensure_ascii=False) + "\n")
+                            done[caption] = got[i + 1]
+                            bar.update(1)
+                        elif len(batch) > 1:  # the model skipped it: ask again on its own
+                            queue.appendleft([caption])
+                        else:
+                            log.warning("no paraphrases for %r; rerun to retry", caption)
+                    f.flush()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        bar.close()
+    if stop.requested:
+        raise Interrupted(str(cache), len(todo) - sum(c in done for c in todo), sum(c in done for c in todo))
     return {c: done[c] for c in captions if c in done}
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped ``generate`` after the requests in flight: (cache, captions left, answered this run)."""
+
+
+class _StopOnSigint:
+    """While active (main thread only): the first SIGINT sets ``requested`` (no new request is sent, the
+    ones in flight are awaited and their answers kept); a second one raises KeyboardInterrupt."""
+
+    def __init__(self):
+        self.requested, self._old = False, None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("coattn augment: Ctrl-C: sending no new request, waiting for the answers in flight (they are paid "
+              "for; Ctrl-C again abandons them)", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
 
 
 def read_captions(paths: list[str]) -> list[str]:
@@ -277,7 +318,18 @@ def main(argv: list[str] | None = None) -> int:
         prompt = Path(a.prompt_file).read_text(encoding="utf-8") if a.prompt_file else DEFAULT_PROMPT
         client = ChatClient(a.base_url, a.model, key, a.timeout, a.max_retries, a.temperature)
         cache = Path(a.cache or a.out + ".cache.jsonl")
-        paras = generate(captions, client, cache, a.n, a.batch_size, prompt, a.concurrency, not a.no_progress)
+        try:
+            paras = generate(captions, client, cache, a.n, a.batch_size, prompt, a.concurrency, not a.no_progress)
+        except Interrupted as stop:
+            where, left, answered = stop.args
+            print(f"coattn augment: interrupted: {answered} captions answered in this run are kept in {where}; "
+                  f"{left} left: rerun the same command to continue (no caption is asked for twice)",
+                  file=sys.stderr)
+            return 130
+        except KeyboardInterrupt:
+            print(f"coattn augment: interrupted: the answers in flight were abandoned; every earlier one is kept "
+                  f"in {cache}: rerun the same command to continue", file=sys.stderr)
+            return 130
         requests = client.requests
     missing = len(captions) - len(paras)
     selected = select_top_k(paras, make_embed(a.encoder), a.top_k, a.min_score)

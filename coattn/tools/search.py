@@ -11,9 +11,11 @@
    ``.flac``, ``.ogg``, ``.mp3``; recursive, hidden folders skipped) is read like an evaluation clip
    (mono, resampled to the encoder's rate, the first ``clip_seconds`` kept, shorter clips
    repeat-padded: ``coattn.audio``) and encoded into a ``coattn.store.FeatureStore`` (the feature
-   cache's store). A later search encodes only files that were added or changed (size or
-   modification time) and drops removed ones; unreadable files are remembered and counted, other
-   files are counted by extension (``not_audio``) and reported.
+   cache's store). A later search encodes only files that were added or changed (size,
+   modification time or a fingerprint of 3 blocks of their content) and drops removed ones; entries
+   whose stored bytes changed since they were written (checksums) are encoded again, with a warning;
+   unreadable files are remembered and counted, other files are counted by extension (``not_audio``)
+   and reported.
 3. The query (never empty) is encoded and scored by the ``Retriever``: the dual encoder shortlists the
    ``--rerank-k`` best clips, the co-attention cascade re-scores them (``--mode rerank``, the
    default; K is raised to ``--top-k`` when smaller), or the cascade scores every clip
@@ -166,6 +168,7 @@ def build_index(model, audio_dir: str | os.PathLike, index_dir: str | os.PathLik
                 keys[rel] = file_key(audio_dir / rel)
             except OSError as exc:  # vanished or unreadable between the scan and the stat
                 log.warning("skipping %s: %s", rel, exc)
+        store.verify(list(keys.values()))  # entries whose bytes changed are forgotten: encoded again below
         todo = [r for r, k in keys.items() if k not in store]
         store.write_stream((([keys[n] for n in names], feats, valid)
                             for names, feats, valid in _encode(model, audio_dir, todo, batch_size, device)), 1024)

@@ -6,7 +6,8 @@
 
 The folder is indexed with ``coattn search``'s incremental index (encoded once, then only new or
 changed files; ``--index-dir`` as there), once at start. Each query is scored like ``coattn search``
-(``--mode rerank`` by default) and the page shows, best first, each clip's rank, file name and
+(``--mode rerank`` by default; a clip deleted since the start is left out, with one warning) and
+the page shows, best first, each clip's rank, file name and
 score (a cosine in [-1, 1]), an audio player, and, for a co-attention model, the word-by-frame
 attention map of the query with that clip (``coattn.attention_maps``, the figures the training
 callback logs). ``--model`` takes an exported folder (``coattn export``) or a Hub id;
@@ -41,13 +42,30 @@ def figure_to_array(fig) -> np.ndarray:
 
 
 def ranked_hits(model, index, query: str, top_k: int, mode: str, rerank_k: int, device: str,
-                maps: bool = True) -> tuple[dict, list[np.ndarray | None]]:
-    """``coattn search``'s result for one query, and the attention map image of each hit (or None)."""
+                maps: bool = True, audio_dir: Path | None = None,
+                gone: set[str] | None = None) -> tuple[dict, list[np.ndarray | None]]:
+    """``coattn search``'s result for one query, and the attention map image of each hit (or None).
+
+    With ``audio_dir``, a hit whose file was deleted since the index was built (its player would answer
+    403) is left out, the next clips move up, and one warning per such file says so; ``gone`` keeps
+    the files already found missing between queries."""
     from coattn.attention_maps import attention_examples, attention_figure
     from coattn.tools.search import search
 
-    [result] = search(model, index, [query], top_k, mode, rerank_k, device)
-    hits = result["results"]  # (rank, score, file)
+    gone = set() if gone is None else gone
+    while True:
+        k = min(len(index.files), top_k + len(gone))
+        [result] = search(model, index, [query], k, mode, rerank_k, device)
+        new = [f for _, _, f in result["results"]
+               if audio_dir is not None and f not in gone and not (audio_dir / f).is_file()]
+        for f in new:
+            log.warning("coattn serve: %s was deleted after the index was built: left out of the results "
+                        "(restart coattn serve to re-index %s)", f, audio_dir)
+        gone.update(new)
+        if not new or k >= len(index.files):
+            break
+    kept = [(score, f) for _, score, f in result["results"] if f not in gone][:top_k]
+    result["results"] = hits = [(r + 1, score, f) for r, (score, f) in enumerate(kept)]  # (rank, score, file)
     images: list[np.ndarray | None] = [None] * len(hits)
     if maps and model.has_pairwise and hits:
         rows = torch.tensor([index.files.index(f) for _, _, f in hits])
@@ -67,12 +85,14 @@ def build_app(model, index, audio_dir: Path, top_k: int = 5, mode: str = "rerank
              f"{index.stats.get('reused', 0)} reused). Model `{source}`, cascade `{kind}`, scoring "
              f"`{mode}`{f' (K={max(rerank_k, top_k)})' if mode == 'rerank' else ''}.")
 
+    gone: set[str] = set()  # clips deleted since the index was built (warned once each)
+
     def run(query: str):
         query = (query or "").strip()
         if not query:
             return [gr.Markdown("Type a description of a sound.")] + [gr.Row(visible=False)] * top_k + \
                 [gr.Markdown(), gr.Audio(), gr.Image()] * top_k
-        result, images = ranked_hits(model, index, query, top_k, mode, rerank_k, device, maps)
+        result, images = ranked_hits(model, index, query, top_k, mode, rerank_k, device, maps, audio_dir, gone)
         hits = result["results"]
         status = (f"\"{query}\": {len(hits)} best of {len(index.files)} clips "
                   f"({result['cascade_passes']} cascade passes)")

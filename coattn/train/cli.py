@@ -128,6 +128,9 @@ class CoAttnCLI(LightningCLI):
         parser.add_argument("--untrained", type=bool, default=False,
                             help="validate/test/predict without --ckpt_path: evaluate the model exactly as the "
                                  "config builds it (pretrained encoders, untrained heads: e.g. CLAP zero-shot)")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="test: replace the results an earlier test of another checkpoint left in the "
+                                 "results folder (without it, such a test is refused)")
 
     @override
     def parse_arguments(self, parser, args) -> None:
@@ -257,6 +260,8 @@ class CoAttnCLI(LightningCLI):
         startup.needs_checkpoint(sub, cfg.get("ckpt_path"), bool(cfg.get("untrained")) or self._exported is not None)
         if sub in ("fit", *startup.EVAL_STAGES):
             startup.check_output_folders(sub, cfg)
+        startup.earlier_results(sub, cfg, bool(cfg.get("overwrite")),
+                                str(self._exported[0]) if self._exported is not None else None)
         if sub == "fit" and rank_zero_only.rank == 0:  # DDP ranks > 0 re-run this command: rank 0 owns the folder
             self._claim_run_folder(cfg)
         ckpt = cfg.get("ckpt_path") if sub in ("fit", "validate", "test") else None

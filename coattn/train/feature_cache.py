@@ -15,13 +15,17 @@ Keys (any change is a miss, and the entry is recomputed):
                 a SHA-1 of the encoder's weights (so a fine-tuned-then-frozen or restored
                 checkpoint never reads another model's features)     -> the store's folder
     crop        sample rate, clip length in samples, crop and pad mode -> the audio store's folder
-    file        resolved path + size + mtime (ns)                     -> the entry key
+    file        resolved path + size + mtime (ns) + a SHA-1 of 3 blocks of 4 KiB of the file
+                (start, middle, end: ``coattn.io.file_fingerprint``)  -> the entry key
     caption     the caption string                                    -> the entry key
 
-File identity is size + mtime, not a content hash: hashing would read every file on every run
-(Clotho's development split is ~7 GB, 3,839 files; AudioCaps ~50k), while a stat costs
-microseconds. Any rewrite of a file (``coattn synth``, a re-download, ``touch``) changes the
-mtime; a byte edit that keeps both size and mtime is not detected (document: ``touch`` it).
+File identity is size + mtime + 12 KiB of content, not a full hash: hashing would read every file
+on every run (Clotho's development split is ~7 GB, 3,839 files; AudioCaps ~50k). The 3 blocks
+tell apart a clip replaced by another of the same size and mtime (``cp -p``, ``rsync -t``, an
+unpacked archive); an edit confined to bytes outside them that keeps size and mtime is not seen
+(``touch`` such a file). Each entry's bytes carry a CRC-32 written with them; the entries a split
+uses are checked when the split is first used, and a damaged one is rebuilt with one warning
+(coattn/store.py). Entries holding constant features (all zeros) are warned about, once.
 
 Training with a random crop cannot be cached exactly (every epoch sees another window). With the
 cache on, training reads the features of the data module's deterministic ``eval_crop`` window
@@ -103,7 +107,8 @@ class FeatureCache:
     # ---- stores (folders) keyed by encoder identity + weights (+ crop) ------------------------
     def audio_meta(self) -> dict:
         return {"kind": "audio", **encoder_key(self.audio_encoder), "sample_rate": self.sample_rate,
-                "clip_samples": self.clip_samples, "crop": self.crop, "file_key": "resolved path + size + mtime_ns",
+                "clip_samples": self.clip_samples, "crop": self.crop,
+                "file_key": "resolved path + size + mtime_ns + fingerprint",
                 **({"pad": self.pad} if self.pad != "repeat" else {})}  # repeat: the keys of caches made before
 
     def text_meta(self) -> dict:
@@ -141,6 +146,7 @@ class FeatureCache:
         first: dict[str, int] = {}
         for i, k in enumerate(keys):
             first.setdefault(k, i)
+        store.verify(list(first), warn=comm.rank == 0)  # damaged entries are forgotten, so rebuilt below
         missing = [i for k, i in first.items() if k not in store]
         comm.barrier("feature_cache_audio_scan")  # everyone scanned before anyone writes
         mine = missing[comm.rank::comm.world]
@@ -179,6 +185,7 @@ class FeatureCache:
         comm = comm or _Comm()
         store = self.text_store
         unique = list(dict.fromkeys(captions))
+        store.verify([caption_key(c) for c in unique], warn=comm.rank == 0)
         missing = [c for c in unique if caption_key(c) not in store]
         comm.barrier("feature_cache_text_scan")
         mine = missing[comm.rank::comm.world]

@@ -18,6 +18,7 @@ once, score all captions x all clips, compute the DCASE metrics; ``test`` also w
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,10 @@ import torch
 from typing_extensions import override
 
 from coattn.batch import Batch
+from coattn.errors import UserFacingError
 from coattn.distributed import global_batch_size, rank_world
 from coattn.features import SequenceFeatures
-from coattn.io import atomic_write_text
+from coattn.io import atomic_write_text, file_fingerprint
 from coattn.loss import RetrievalLoss
 from coattn.model import CoAttnModel
 from coattn.results import EvaluationResult
@@ -236,12 +238,19 @@ class CoAttnRetrieval(pl.LightningModule):
                     self.log_dict({f"{prefix}/{branch}_{k}": own[k] for k in ("t2a_mAP@10", "a2t_mAP@10")},
                                   sync_dist=False, batch_size=1)
             self.log(f"{prefix}/fusion_lambda", float(result.info["fusion_lambda"]), batch_size=1)
-        multi = relevance_metrics(self.trainer, stage, loader, c, result.scores)  # DCASE 2025 file, if any
+        try:  # checked at set-up already; should it still fail, the test's results are written first
+            multi = relevance_metrics(self.trainer, stage, loader, c, result.scores)  # DCASE 2025 file, if any
+        except UserFacingError as exc:
+            multi, late = ({}, {}), exc
+        else:
+            late = None
         self.log_dict({f"{prefix}/{k}": v for k, v in multi[0].items()}, sync_dist=False, batch_size=1)
         self.last_evaluation = EvaluationResult(stage, result.scores.detach().float().cpu(), c.captions, c.fnames,
                                                 c.caption_clip.cpu(), dict(metrics))
         if stage == "test" and self.trainer.is_global_zero:
-            extra = {"ckpt_path": self.trainer.ckpt_path, "model_dir": self.exported_from,
+            ckpt = self.trainer.ckpt_path
+            extra = {"ckpt_path": ckpt, "model_dir": self.exported_from,
+                     "ckpt_fingerprint": file_fingerprint(ckpt) if ckpt and os.path.isfile(ckpt) else None,
                      "cascade": self.model.cascade.kind, **result.info}
             branches = {"fused" if self.model.has_pairwise else "dual": per_query}
             if result.pair is not None and result.info.get("fusion_lambda"):  # the pair score alone, next to it
@@ -258,6 +267,10 @@ class CoAttnRetrieval(pl.LightningModule):
                 extra["subsets"] = subsets
             out = self.evaluation.output_dir(self.trainer.default_root_dir, "test") / (name or "")
             write_test_results(out, c, result.scores, metrics, per_query, self.evaluation.bootstrap, extra, multi)
+            if late is not None:
+                raise type(late)(f"{late} (the other results are written to {out})") from late
+        if late is not None:
+            raise late
         return metrics
 
     @override

@@ -10,10 +10,13 @@ Called by ``CoAttnCLI`` (coattn/train/cli.py) after parsing, before the classes 
   that exits 0 having trained nothing; refused (``coattn validate`` evaluates without training).
 * ``needs_checkpoint``: validate / test / predict without ``--ckpt_path`` would score untrained
   weights (and the tiny text encoder has no tokenizer yet); refused unless ``--untrained true``.
-* ``output_folders``: every folder the command writes (run folder, checkpoints, logs, results),
+* ``output_folders``: every folder the command writes (run folder, checkpoints, logs, results,
+  ``model.feature_cache``),
   created and probed for writing now, not after an hour of training or scoring.
 * ``audio_window``: the data module must cut the windows the audio tower takes: its ``sample_rate`` and
   ``clip_seconds`` are the tower's (CLAP: 48000 Hz, 10 s; aisfx: 44100 Hz, its ``clip_seconds``).
+* ``earlier_results``: a ``coattn test`` whose results folder holds another checkpoint's results is
+  refused (``--overwrite true`` replaces them); the same checkpoint tested again replaces its own.
 * ``best_checkpoint``: ``--ckpt_path best`` in a new process, where Lightning knows no best model:
   the ``best_model_path`` that the newest ``last*.ckpt`` of the run recorded.
 
@@ -26,10 +29,12 @@ named in the message (preferring those whose value the message quotes) give the 
 """
 from __future__ import annotations
 
+import glob
 import importlib
 import inspect
 import os
 import re
+import sys
 import typing
 from types import TracebackType
 from typing import Any
@@ -102,8 +107,12 @@ def output_folders(sub: str, cfg) -> list[tuple[str, str]]:
         folder = (args.get("save_dir") or args.get("dir")) if args is not None else None
         if folder:
             out.append(("trainer.logger (save_dir)", str(folder)))
+    model = cfg.get("model")
+    cache = model.get("feature_cache") if model is not None else None
+    if cache:  # the feature cache writes its shards at the first batch: probe it now
+        out.append(("model.feature_cache", str(cache)))
     if sub in ("test", "predict"):
-        evaluation = cfg.get("model", {}).get("evaluation") if cfg.get("model") is not None else None
+        evaluation = model.get("evaluation") if model is not None else None
         results = evaluation.get("results_dir") if evaluation is not None else None
         out.append(("model.evaluation.results_dir", str(results or os.path.join(root, "results", sub))))
     return out
@@ -112,6 +121,49 @@ def output_folders(sub: str, cfg) -> list[tuple[str, str]]:
 def check_output_folders(sub: str, cfg) -> None:
     for key, folder in output_folders(sub, cfg):
         check_writable(folder, key)
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    return (a is None) == (b is None) and (a is None or os.path.realpath(str(a)) == os.path.realpath(str(b)))
+
+
+def earlier_results(sub: str, cfg, overwrite: bool, model_dir: str | None = None) -> None:
+    """A ``coattn test`` never replaces another test's results without a word: ``ConfigError`` when its
+    results folder holds a ``metrics.json`` of another checkpoint (path or content) or model folder,
+    unless ``--overwrite true``. A test of the same checkpoint (``make demo`` run again) replaces its
+    own results, and says so."""
+    if overwrite and sub != "test":
+        raise ConfigError(f"--overwrite true is for `coattn test` (replace the results of an earlier test), not "
+                          f"`coattn {sub}`")
+    if sub != "test":
+        return
+    import json
+
+    from coattn.io import file_fingerprint
+
+    folder = dict(output_folders(sub, cfg))["model.evaluation.results_dir"]
+    found = sorted(glob.glob(os.path.join(glob.escape(folder), "metrics.json"))
+                   + glob.glob(os.path.join(glob.escape(folder), "*", "metrics.json")))
+    if not found or overwrite:
+        return
+    ckpt = cfg.get("ckpt_path")
+    fingerprint = file_fingerprint(ckpt) if ckpt and os.path.isfile(str(ckpt)) else None
+    for path in found:
+        try:
+            extra = json.loads(open(path, encoding="utf-8").read()).get("extra") or {}
+        except (OSError, ValueError, AttributeError):
+            extra = {}
+        same = (_same_path(extra.get("ckpt_path"), ckpt) and _same_path(extra.get("model_dir"), model_dir)
+                and extra.get("ckpt_fingerprint") in (None, fingerprint))
+        if not same or not extra:
+            what = (f"checkpoint {extra['ckpt_path']}" if extra.get("ckpt_path") else
+                    f"model folder {extra['model_dir']}" if extra.get("model_dir") else "an untrained model")
+            if extra.get("ckpt_path") and _same_path(extra.get("ckpt_path"), ckpt):
+                what += " (another version of the file: it changed since)"
+            raise ConfigError(f"{folder} holds the results of an earlier test ({os.path.relpath(path, folder)}, "
+                              f"{what}): pass --overwrite true to replace them, or set model.evaluation.results_dir "
+                              "(or COATTN_RUN_DIR) to keep both")
+    print(f"coattn: replacing the results of an earlier test of the same checkpoint in {folder}", file=sys.stderr)
 
 
 def best_checkpoint(trainer_cfg) -> str:

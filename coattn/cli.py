@@ -5,7 +5,8 @@
     coattn fit  --config experiments/demo.yaml --print_config      # the full resolved config
     coattn synth data/demo --seed 0                                 # built-in demo dataset
 
-Tools (synth, sounds, augment, data-check, prepare, search, probe, compare, export, serve, sweep) are plain
+Tools (synth, sounds, augment, data-check, prepare, search, probe, compare, export, serve, sweep,
+synth-moments, localize) are plain
 ``main(argv) -> int`` functions under coattn/tools/, imported lazily, so ``coattn synth`` does not pay
 for importing Lightning. Errors meant for people (``coattn.errors.UserFacingError``) print one line
 ``coattn: error: ...`` and exit 1; ``COATTN_DEBUG=1`` shows the traceback as well.
@@ -41,7 +42,8 @@ TRAINING = {
     "predict": "write the embeddings and features of the test split (results/predict)",
 }
 SUMMARY = {
-    "synth": "make a small synthetic dataset (Clotho layout): coattn synth data/demo",
+    "synth": "make a Clotho-layout dataset of scenes: synthetic events, or real ones with --sounds BANK",
+    "sounds": "build a sound bank from real recordings (tuxpaint package, CSV, ESC-50, FSD50K)",
     "augment": "paraphrase training captions with a language model, keep the closest",
     "data-check": "scan a dataset copy for what training would trip on, before training",
     "prepare": "write a 48 kHz mono copy of a dataset once (faster training)",
@@ -51,6 +53,8 @@ SUMMARY = {
     "export": "turn a checkpoint into a self-contained model folder (Hugging Face style)",
     "serve": "a search page in the browser",
     "sweep": "run a W&B sweep file locally and report the ablation",
+    "synth-moments": "compose long recordings with known event windows (moment retrieval, Lighthouse layout)",
+    "localize": "find where in a recording a query happens: coattn localize --model RUN AUDIO \"a dog\"",
 }
 
 
@@ -59,7 +63,7 @@ def help_text() -> str:
     lines = ["usage: coattn <command> [options]    (coattn <command> --help for its options)", "",
              "coattn: language-based audio retrieval with co-attention.", "",
              "Start here (in a clone of the repository):",
-             f"  {'make demo':<{width + 2}}  install, make a demo dataset, train, test, print the results table",
+             f"  {'make demo':<{width + 2}}  install, fetch real sounds, train dual encoder + co-attention, compare",
              f"  {'make test':<{width + 2}}  install, then run the whole test suite", "",
              "Training and evaluation (Lightning):"]
     lines += [f"  {k:<{width}}    {v}" for k, v in TRAINING.items()]

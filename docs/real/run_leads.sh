@@ -40,4 +40,11 @@ variant swap $L.swap_negatives=true                      # its own clip with the
 variant grounding $L.grounding_weight=0.1                # attention grounded by the event timings
 variant residual_twins_swap $L.residual_lambda=1.0 $D.twin_batches=true $L.swap_negatives=true
 variant all $L.residual_lambda=1.0 $D.twin_batches=true $L.swap_negatives=true $L.grounding_weight=0.1
+# the same with negatives mined by dual score (K = 3 hardest + R = 2 random per caption and per clip instead of
+# B x B: 2 x 6 x B cascade passes a step instead of B^2; a twin is the dual's top confuser)
+H="$L.pair_negatives=hard $L.pair_k=3 $L.pair_random=2"
+variant residual_hard $H $L.residual_lambda=1.0 $D.twin_batches=true
+variant all_hard $H $L.residual_lambda=1.0 $D.twin_batches=true $L.swap_negatives=true $L.grounding_weight=0.1
+variant swap_grounding_hard $H $L.residual_lambda=1.0 $D.twin_batches=true $L.swap_negatives=true \
+  $L.grounding_weight=0.1 $L.caption_negatives=false
 echo "leads done: $OUT (python docs/real/leads.py $OUT)"

@@ -42,8 +42,8 @@ TRAINING = {
     "predict": "write the embeddings and features of the test split (results/predict)",
 }
 SUMMARY = {
-    "synth": "make a Clotho-layout dataset of scenes: synthetic events, or real ones with --sounds BANK",
-    "sounds": "build a sound bank from real recordings (tuxpaint package, CSV, ESC-50, FSD50K)",
+    "synth": "compose a Clotho-layout dataset of scenes (synthetic, or real with --sounds)",
+    "sounds": "a sound bank of real recordings (tuxpaint, CSV, ESC-50, FSD50K)",
     "augment": "paraphrase training captions with a language model, keep the closest",
     "data-check": "scan a dataset copy for what training would trip on, before training",
     "prepare": "write a 48 kHz mono copy of a dataset once (faster training)",
@@ -53,8 +53,8 @@ SUMMARY = {
     "export": "turn a checkpoint into a self-contained model folder (Hugging Face style)",
     "serve": "a search page in the browser",
     "sweep": "run a W&B sweep file locally and report the ablation",
-    "synth-moments": "compose long recordings with known event windows (moment retrieval, Lighthouse layout)",
-    "localize": "find where in a recording a query happens: coattn localize --model RUN AUDIO \"a dog\"",
+    "synth-moments": "long recordings with known event windows (moment retrieval)",
+    "localize": "where in a recording a query happens: localize --model RUN AUDIO QUERY",
 }
 
 

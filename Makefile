@@ -28,7 +28,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install browsers test demo demo-real demo-real-data demo-real-fit demo-real-test \
+.PHONY: install browsers sounds test demo demo-real demo-real-data demo-real-fit demo-real-test \
         demo-synthetic demo-data demo-fit demo-test clean-demo
 
 install:
@@ -38,8 +38,12 @@ install:
 browsers:
 	@bash .ci/browsers.sh
 
-test: install browsers
+test: install browsers sounds
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The real recordings the sound-bank tests read (Debian's tuxpaint-stamps-default, 160 MB, once)
+sounds:
+	@$(COATTN) sounds fetch > /dev/null
 
 # The pretrained regime when the sounds can be had (README "Results"); TUXPAINT=path/to.deb uses a local copy.
 demo: install

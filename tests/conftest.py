@@ -15,7 +15,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 # Debian's tuxpaint-stamps-default (real recorded sound effects): tests/test_soundbank.py, tests/test_scenes.py
-TUXPAINT_DEB = Path(os.environ.get("COATTN_TUXPAINT_DEB", "/work/cache/tuxpaint-stamps-default_2022.06.04-1_all.deb"))
+# `make test` fetches it once into ~/.cache/coattn/sounds (`coattn sounds fetch`); COATTN_TUXPAINT_DEB overrides.
+def _tuxpaint_deb() -> Path:
+    if os.environ.get("COATTN_TUXPAINT_DEB"):
+        return Path(os.environ["COATTN_TUXPAINT_DEB"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "coattn" / "sounds"
+    debs = sorted(cache.glob("tuxpaint-stamps-default_*.deb"))
+    return debs[-1] if debs else cache / "tuxpaint-stamps-default_missing.deb"
+
+
+TUXPAINT_DEB = _tuxpaint_deb()
+
+
+def require_tuxpaint() -> Path:
+    """The .deb of the real recordings; a clear failure (not a skip) when it is missing."""
+    if not TUXPAINT_DEB.is_file():
+        pytest.fail(f"the real recordings (Debian's tuxpaint-stamps-default) are not at {TUXPAINT_DEB}: run "
+                    "`make test` (it fetches them) or `coattn sounds fetch`, or set COATTN_TUXPAINT_DEB")
+    return TUXPAINT_DEB
 
 
 @pytest.fixture(scope="session")
@@ -74,8 +91,7 @@ def exported_demo(demo_run, tiny_clotho):
 def tuxpaint_bank(tmp_path_factory) -> Path:
     """The full tuxpaint-stamps-default package built into a bank: 10-30 s (dpkg-deb -x 7-25 s on 2
     shared cores, the build 3 s)."""
-    if not TUXPAINT_DEB.is_file():
-        pytest.skip(f"tuxpaint .deb not found at {TUXPAINT_DEB} (set COATTN_TUXPAINT_DEB)")
+    require_tuxpaint()
     root = tmp_path_factory.mktemp("tuxbank")
     from coattn.tools.sounds import main
 

@@ -1,16 +1,13 @@
-"""A tiny real sound bank in the sounds.csv format of the bank contract (docs/README_moments.md), made
+"""A tiny real sound bank in the sounds.csv format of the bank contract (docs/moments.md), made
 from a few Tux Paint recordings (the cached Debian package), and the Lighthouse-layout set built on it."""
 from __future__ import annotations
 
 import csv
 import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
 import soundfile as sf
 
-DEB = Path("/work/cache/tuxpaint-stamps-default_2022.06.04-1_all.deb")
 STAMPS = "usr/share/tuxpaint/stamps"
 PICKS = ("animals/mammals/dogs/dog", "animals/mammals/dogs/fox", "animals/mammals/pig", "animals/mammals/equines/horse",
          "animals/insects/bee", "animals/amphibians/frog")
@@ -19,11 +16,10 @@ COLUMNS = ("id", "file", "label", "phrase", "description", "category", "seconds"
 
 def make_bank(out: Path) -> Path:
     """BANK/sounds.csv + BANK/audio/*.wav (mono 16-bit 44.1 kHz) from six real recordings."""
-    if not DEB.is_file() or shutil.which("dpkg-deb") is None:
-        pytest.skip("the Tux Paint stamps package (real recordings) is not available")
-    raw = out / "deb"
-    raw.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["dpkg-deb", "-x", str(DEB), str(raw)], check=True)
+    from coattn.tools.sounds import extract_deb
+    from tests.conftest import require_tuxpaint
+
+    raw = extract_deb(require_tuxpaint(), out / "deb", log=lambda m: None)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     rows = []
     for pick in PICKS:

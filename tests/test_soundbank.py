@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 from pathlib import Path
 
@@ -18,11 +17,9 @@ import soundfile as sf
 
 from coattn.soundbank import FIELDS, label_of, load_bank, phrase_from_description, phrase_from_name
 from coattn.tools.sounds import main
-from tests.conftest import TUXPAINT_DEB
+from tests.conftest import SHARED_DATA
 
-_SHARED = [Path(os.environ["COATTN_SHARED_DATA"])] if "COATTN_SHARED_DATA" in os.environ else \
-    [p / "shared" / "data" for p in Path(__file__).resolve().parents[2:4]]  # /work/main/.. or /work/wt/x/../..
-CLOTHO = next((p / "clotho" for p in _SHARED if (p / "clotho").is_dir()), _SHARED[0] / "clotho")
+CLOTHO = SHARED_DATA / "clotho"
 
 
 def _report(bank: Path) -> dict:
@@ -194,7 +191,6 @@ def test_esc50_and_fsd50k_layouts(tmp_path):
     assert _reasons(tmp_path / "b2") == {"fsd50k-dev-2": "spoken word (a speech label)"}
 
 
-@pytest.mark.skipif(not CLOTHO.is_dir(), reason="real Clotho clips not found")
 def test_csv_source_on_real_clotho_clips(tmp_path):
     clips = sorted((CLOTHO / "audio_sample").glob("*.wav"))[:3]
     with open(tmp_path / "in.csv", "w", newline="", encoding="utf-8") as f:
@@ -208,7 +204,6 @@ def test_csv_source_on_real_clotho_clips(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not TUXPAINT_DEB.is_file(), reason=f"tuxpaint .deb not found at {TUXPAINT_DEB}")
 def test_tuxpaint_package(tuxpaint_bank):
     report = _report(tuxpaint_bank)
     reasons = _reasons(tuxpaint_bank)

@@ -306,8 +306,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="where --tuxpaint downloads and extracts the package (default ~/.cache/coattn/sounds)")
     ls = sub.add_parser("list", help="labels, phrases and recordings of BANK")
     ls.add_argument("bank")
+    f = sub.add_parser("fetch", help=f"download Debian's {TUXPAINT_PACKAGE} into the cache once; print its path")
+    f.add_argument("--cache-dir", default=cache, help="where to keep it (default ~/.cache/coattn/sounds)")
     a = p.parse_args(argv)
     try:
+        if a.cmd == "fetch":
+            print(fetch_tuxpaint(Path(os.path.expanduser(a.cache_dir)), log=lambda m: print(m, file=sys.stderr)))
+            return 0
         return build(a) if a.cmd == "build" else list_bank(a)
     except UserFacingError as exc:  # one line naming the file or option; COATTN_DEBUG=1: the traceback
         if os.environ.get("COATTN_DEBUG"):

@@ -258,3 +258,33 @@ def test_data_module_carries_timings_and_batches_twins(tiny_clotho, tmp_path):
     for batch in dm.train_dataloader():
         fnames = set(batch.fnames)
         assert all(f"development_{int(f[12:17]) ^ 1:05d}.wav" in fnames for f in fnames)  # 0-1, 2-3...: together
+
+
+def test_freeze_dual_keeps_the_dual_branch_exactly_as_stage_one_left_it():
+    """freeze_dual: the dual heads get no gradient and their feature_norm BatchNorm stays in eval mode (no
+    running-statistics update), so the converged stage-1 dual is the fixed reference of the residual term."""
+    from coattn.train.module import CoAttnRetrieval
+
+    torch.manual_seed(0)
+    cascade = CoAttentionCascade(kind="iterating", depth=1, width=32, heads=4, ffn_dim=64, positions="relative")
+    module = CoAttnRetrieval(loss=RetrievalLoss(residual_lambda=1.0), audio_encoder=FakeEncoder(24),
+                             text_encoder=WordEncoder(20), cascade=cascade, embed_dim=16, feature_norm=True,
+                             freeze_dual=True).train()
+    m = module.model
+    before = {k: v.clone() for k, v in m.state_dict().items() if k.startswith(("dual_", "pair_"))}
+    assert not m.dual_audio.training and not m.dual_text.training and m.cascade.training
+    text, audio, clips = batch()
+    out = module.loss(m, audio, text, clips, clips)
+    out["loss"].backward()
+    assert all(p.grad is None for part in module._dual_parts() for p in part.parameters())
+    assert any(p.grad is not None for p in m.pair_audio.parameters())
+    after = m.state_dict()
+    for k, v in before.items():
+        if k.startswith("dual_"):
+            torch.testing.assert_close(after[k], v)  # BatchNorm running stats and weights unchanged
+    # without it, the same step moves the dual BatchNorm's statistics
+    free = CoAttnRetrieval(loss=RetrievalLoss(residual_lambda=1.0), audio_encoder=FakeEncoder(24),
+                           text_encoder=WordEncoder(20), cascade=cascade, embed_dim=16, feature_norm=True).train()
+    stats = free.model.dual_audio.norm.running_mean.clone()
+    free.loss(free.model, audio, text, clips, clips)
+    assert not torch.equal(free.model.dual_audio.norm.running_mean, stats)

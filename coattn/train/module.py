@@ -61,6 +61,10 @@ class CoAttnRetrieval(pl.LightningModule):
         init_pair_from_dual: when a fit starts (after ``init_from``), copy the dual heads into the pair heads
             where the widths agree (``coattn.time_binding.pair_heads_from_dual``), so the pair score starts
             in the dual encoder's joint space. Off by default.
+        freeze_dual: keep the dual branch exactly as ``init_from`` left it (its heads and temperature get no
+            gradient, their ``feature_norm`` BatchNorm stays in eval mode): stage 1's converged dual encoder is
+            then both the baseline and the fixed reference that residual scoring (``loss.residual_lambda``)
+            adds the cascade to. Off by default (the dual heads keep training through ``loss.aux_weight``).
         **model: the architecture: the arguments of ``coattn.CoAttnModel`` (audio_encoder,
             text_encoder, cascade, embed_dim, temperature, learn_temperature, dual_pooling,
             dual_projection, clap_checkpoint, feature_norm).
@@ -68,7 +72,8 @@ class CoAttnRetrieval(pl.LightningModule):
 
     def __init__(self, loss: RetrievalLoss = RetrievalLoss(), optim: Optim = Optim(),
                  evaluation: Evaluation = Evaluation(), feature_cache: str | None = None,
-                 init_from: str | None = None, init_pair_from_dual: bool = False, **model: Any):
+                 init_from: str | None = None, init_pair_from_dual: bool = False, freeze_dual: bool = False,
+                 **model: Any):
         super().__init__()
         if self._cli_hparams():  # under LightningCLI: the parsed config (class paths + init args)
             self.save_hyperparameters()
@@ -76,10 +81,15 @@ class CoAttnRetrieval(pl.LightningModule):
             self.save_hyperparameters({"loss": asdict(loss), "optim": asdict(optim), "evaluation": asdict(evaluation),
                                        "feature_cache": feature_cache, "init_from": init_from,
                                        **({"init_pair_from_dual": True} if init_pair_from_dual else {}),
+                                       **({"freeze_dual": True} if freeze_dual else {}),
                                        **{k: v for k, v in model.items() if not isinstance(v, torch.nn.Module)}})
         self.model = CoAttnModel(**model)
         self.loss, self.optim, self.evaluation = loss, optim, evaluation
         self.feature_cache, self.init_from, self.init_pair_from_dual = feature_cache, init_from, init_pair_from_dual
+        self.freeze_dual = freeze_dual
+        if freeze_dual:
+            for part in self._dual_parts():
+                part.requires_grad_(False)
         if loss.residual_lambda and self.model.has_pairwise:  # the model ranks by the score its pair term trained
             self.model.fusion_lambda.fill_(loss.residual_lambda)
             if isinstance(evaluation.fusion, (int, float)) and evaluation.fusion != loss.residual_lambda:
@@ -91,6 +101,17 @@ class CoAttnRetrieval(pl.LightningModule):
         self.last_evaluation: EvaluationResult | None = None  # the last scored split (callbacks)
         self.last_retrieval: dict = {}  # how it was scored (mode, K, cascade passes)
         self.exported_from: str | None = None  # the folder of `coattn test --model DIR` (coattn/train/cli.py)
+
+    def _dual_parts(self) -> tuple[torch.nn.Module, ...]:
+        return self.model.dual_audio, self.model.dual_text, self.model.dual_temperature
+
+    @override
+    def train(self, mode: bool = True) -> "CoAttnRetrieval":
+        super().train(mode)
+        if self.freeze_dual:  # a frozen dual branch never updates its BatchNorm statistics either
+            for part in self._dual_parts():
+                part.train(False)
+        return self
 
     @staticmethod
     def _cli_hparams() -> bool:

@@ -41,8 +41,9 @@ variant grounding $L.grounding_weight=0.1                # attention grounded by
 variant residual_twins_swap $L.residual_lambda=1.0 $D.twin_batches=true $L.swap_negatives=true
 variant all $L.residual_lambda=1.0 $D.twin_batches=true $L.swap_negatives=true $L.grounding_weight=0.1
 # the same with negatives mined by dual score (K = 3 hardest + R = 2 random per caption and per clip instead of
-# B x B: 2 x 6 x B cascade passes a step instead of B^2; a twin is the dual's top confuser)
-H="$L.pair_negatives=hard $L.pair_k=3 $L.pair_random=2"
+# B x B: 2 x 6 x B cascade passes a step instead of B^2; a twin is the dual's top confuser), and the converged
+# dual branch frozen (freeze_dual: the residual term's fixed reference)
+H="$L.pair_negatives=hard $L.pair_k=3 $L.pair_random=2 --model.freeze_dual=true"
 variant residual_hard $H $L.residual_lambda=1.0 $D.twin_batches=true
 variant all_hard $H $L.residual_lambda=1.0 $D.twin_batches=true $L.swap_negatives=true $L.grounding_weight=0.1
 variant swap_grounding_hard $H $L.residual_lambda=1.0 $D.twin_batches=true $L.swap_negatives=true \

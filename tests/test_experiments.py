@@ -106,3 +106,27 @@ def test_debug_files_compose_with_a_real_experiment(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     cli = instantiate(EXP / "clotho_iterating.yaml", EXP / "debug" / "limit_batches.yaml", extra=TINY)
     assert cli.trainer.limit_val_batches == 4 and cli.model.model.cascade.depth == 5
+
+
+PRETRAINED = sorted(p.name for p in (EXP / "real").glob("*.yaml"))
+
+
+def test_the_pretrained_regime_files_exist():
+    assert PRETRAINED == ["coattn.yaml", "dual.yaml", "dual_text_ft.yaml"]
+
+
+@pytest.mark.parametrize("name", PRETRAINED)
+def test_pretrained_regime_experiment_instantiates_with_the_real_packaged_towers(name, monkeypatch, tmp_path):
+    """experiments/real/ builds with the real aisfx and MiniLM towers (installed by the install step), the data
+    module cuts the aisfx tower's 44.1 kHz window, the dual stage stops early on validation t2a mAP@10."""
+    monkeypatch.chdir(tmp_path)
+    cli = instantiate(EXP / "real" / name, extra=["--model.init_from=null"])
+    model = cli.model.model
+    assert type(model.audio_encoder).__name__ == "AisfxAudioEncoder" and model.audio_encoder.out_dim == 512
+    assert model.text_encoder.out_dim == 384 and len(model.text_encoder.tokenizer) == 30522
+    assert cli.datamodule.sample_rate == model.audio_encoder.sample_rate == 44100
+    assert cli.datamodule.num_samples == model.audio_encoder.clip_samples
+    stop = [c for c in cli.trainer.callbacks if type(c).__name__ == "EarlyStopping"]
+    assert len(stop) == 1 and stop[0].monitor == "val/t2a_mAP@10" and stop[0].patience >= 3
+    assert model.cascade.kind == ("none" if name.startswith("dual") else "iterating")
+    assert model.text_encoder.freeze == (name != "dual_text_ft.yaml") and model.audio_encoder.freeze

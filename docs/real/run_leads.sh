@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Issue 20's leads in the pretrained real-sound regime: every variant starts from the same converged stage-1
-# dual encoder (STAGE1) and changes experiments/real/coattn.yaml by the overrides given; `coattn test` writes each
-# variant's metrics.json (fused / pair / dual, twin and other queries, order and count probes);
+# Issue 20's levers in the pretrained real-sound regime, one off at a time: every variant starts from the same
+# converged stage-1 dual encoder (STAGE1) and changes experiments/real/coattn.yaml by the overrides given;
+# `coattn test` writes each variant's metrics.json (fused / pair / dual, twin and other queries, order and count probes);
 # docs/real/leads.py tabulates them (mean +- std over seeds).
 #   coattn sounds build data/bank --tuxpaint && coattn synth --sounds data/bank data/real --seed 0
 #   coattn fit --config experiments/real/dual.yaml                        # stage 1 -> runs/real_dual
-#   SEEDS="0 1 2" ONLY="recipe residual" bash docs/real/run_leads.sh      # minutes a variant on 2 idle cores
+#   SEEDS="0 1 2" ONLY="recipe no_grounding" bash docs/real/run_leads.sh  # minutes a variant on 2 idle cores
 #   python docs/real/leads.py runs/real_leads --dual runs/real_dual*/results/test/metrics.json
 set -euo pipefail
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
@@ -13,7 +13,7 @@ COATTN=${COATTN:-coattn}
 OUT=${OUT:-runs/real_leads}
 STAGE1=${STAGE1:-runs/real_dual/checkpoints/best.ckpt}
 SEEDS=${SEEDS:-0}
-ONLY=${ONLY:-}   # e.g. ONLY="recipe residual": run only these variants
+ONLY=${ONLY:-}   # e.g. ONLY="recipe no_swap": run only these variants
 CFG=${CFG:-experiments/real/coattn.yaml}
 L=--model.loss
 D=--data.init_args
@@ -33,19 +33,13 @@ variant() {  # $1 name, rest: overrides of $CFG. A finished variant (metrics.jso
   done
 }
 mkdir -p "$OUT"
-variant recipe                                           # experiments/real/coattn.yaml as it is
-variant residual $L.residual_lambda=1.0                  # the cascade trained through s_pair + s_dual
-variant twins $D.twin_batches=true                       # each clip's order twin in its batch
-variant swap $L.swap_negatives=true                      # its own clip with the event segments reversed
-variant grounding $L.grounding_weight=0.1                # attention grounded by the event timings
-variant residual_twins_swap $L.residual_lambda=1.0 $D.twin_batches=true $L.swap_negatives=true
-variant all $L.residual_lambda=1.0 $D.twin_batches=true $L.swap_negatives=true $L.grounding_weight=0.1
-# the same with negatives mined by dual score (K = 3 hardest + R = 2 random per caption and per clip instead of
-# B x B: 2 x 6 x B cascade passes a step instead of B^2; a twin is the dual's top confuser), and the converged
-# dual branch frozen (freeze_dual: the residual term's fixed reference)
-H="$L.pair_negatives=hard $L.pair_k=3 $L.pair_random=2 --model.freeze_dual=true"
-variant residual_hard $H $L.residual_lambda=1.0 $D.twin_batches=true
-variant all_hard $H $L.residual_lambda=1.0 $D.twin_batches=true $L.swap_negatives=true $L.grounding_weight=0.1
-variant swap_grounding_hard $H $L.residual_lambda=1.0 $D.twin_batches=true $L.swap_negatives=true \
-  $L.grounding_weight=0.1 $L.caption_negatives=false
+variant recipe                                           # experiments/real/coattn.yaml as it is (all levers)
+variant no_grounding $L.grounding_weight=0.0             # one lever off at a time
+variant no_swap $L.swap_negatives=false
+variant no_twin_batches $D.twin_batches=false
+variant no_residual $L.residual_lambda=0.0 --model.freeze_dual=false   # the cascade learns the whole score
+variant local_bxb $L.pair_negatives=local                # every in-batch pair instead of mined ones (B^2 passes)
+# the previous round's recipe (B x B, rewritten captions, fusion chosen on validation), nothing aimed at twins
+variant previous_recipe $L.residual_lambda=0.0 --model.freeze_dual=false $L.pair_negatives=local \
+  $L.swap_negatives=false $L.grounding_weight=0.0 $D.twin_batches=false
 echo "leads done: $OUT (python docs/real/leads.py $OUT)"

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             best = max(pts, key=lambda t: t[1])
             ax.plot([best[0]], [100 * best[1]], "k*")
         ax.set_xlabel("epoch"); ax.set_ylabel("val t2a mAP@10 (%)"); ax.grid(alpha=0.3)
-        ax.set_title("stage 1: dual encoder on frozen pretrained towers (* best, early stopping)")
+        ax.set_title("stage 1: dual encoder, frozen pretrained towers (* = best)", fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(a.out, dpi=110)

@@ -103,14 +103,29 @@ class MomentRetrieval(pl.LightningModule):
         dm = self.trainer.datamodule
         if getattr(enc, "needs_tokenizer_fit", False) and stage == "fit":
             enc.fit_tokenizer([q.query for q in dm.queries("train")])
-        if self.cache is not None:  # every recording and query of the stage's splits, once
-            splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}.get(stage, [])
-            qs = [q for sp in splits if dm.files.get(sp) for q in dm.queries(sp)]
-            done = self.cache.stats["recordings_built"]
-            self.cache.build([q.audio for q in qs], [q.query for q in qs], progress=_progress)
-            print(f"feature cache {self.cache.root}: {self.cache.stats['recordings_built'] - done} recordings "
-                  f"indexed, {len(qs)} queries, {self.cache.stats['build_seconds']:.1f} s", file=sys.stderr)
+        if self.cache is not None:  # batches carry paths and crop starts; the features come from the cache
             dm.set_load_audio(False)
+
+    def _build_cache(self, splits: list[str]) -> None:
+        """Every recording and query of ``splits`` into the cache, once (after a checkpoint's weights and
+        tokenizer are restored: the cache keys hold the towers' identity and weights)."""
+        dm = self.trainer.datamodule
+        if self.cache is None or dm is None:
+            return
+        qs = [q for sp in splits if dm.files.get(sp) for q in dm.queries(sp)]
+        before = dict(self.cache.stats)
+        self.cache.build([q.audio for q in qs], [q.query for q in qs], progress=_progress)
+        built = self.cache.stats["recordings_built"] - before["recordings_built"]
+        print(f"feature cache {self.cache.root}: {built} recordings indexed, "
+              f"{self.cache.stats['queries_built'] - before['queries_built']} queries encoded, "
+              f"{self.cache.stats['build_seconds'] - before['build_seconds']:.1f} s ({len(qs)} queries read from it)",
+              file=sys.stderr)
+
+    def on_fit_start(self) -> None:
+        self._build_cache(["train", "val"])
+
+    def on_test_start(self) -> None:
+        self._build_cache(["test"])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         state = getattr(self.mm.model.text_encoder, "tokenizer_state", lambda: None)()

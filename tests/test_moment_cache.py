@@ -184,3 +184,15 @@ def test_fit_test_read_cached_features(tmp_path, monkeypatch, capsys):
     assert len(stores) == 1
     keys = [k for f in stores[0].glob("*.keys.json") for k in json.loads(f.read_text())]
     assert len(keys) == len(set(keys)) == 5
+    # export the (dual-stream) moment checkpoint; localize reads the folder as it reads the checkpoint
+    folder = tmp_path / "exported"
+    assert main(["export", "--ckpt_path", str(ckpt), str(folder)]) == 0
+    assert (folder / "moment.json").is_file() and (folder / "moment.safetensors").is_file()
+    wav = next((data / "audio").glob("test_*.wav"))
+    capsys.readouterr()
+    outs = []
+    for model in (str(ckpt), str(folder)):
+        assert main(["localize", "--model", model, str(wav), "a dog", "--top-k", "3"]) == 0
+        outs.append(capsys.readouterr().out.splitlines()[1:])
+    assert outs[0] == outs[1] and outs[0][0].split()[-1] == "window" and len(outs[0]) == 4
+    assert " - " in outs[0][1] and outs[0][1].endswith(" s)")  # m:ss.s - m:ss.s (length s)

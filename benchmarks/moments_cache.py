@@ -82,8 +82,9 @@ def main() -> None:
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"step running the towers (WAV read + aisfx + MiniLM + head): {tw:.3f} s (median)")
     print(f"step reading the feature cache (index slices + cached tokens + head): {ca:.3f} s (median)")
-    print(f"speedup: {tw / ca:.1f}x per step; one-time index build: {built} recordings in {build_s:.1f} s "
-          f"({build_s / max(built, 1):.2f} s per 60 s recording)")
+    print(f"speedup: {tw / ca:.1f}x per step")
+    if built:
+        print(f"one-time index build: {built} recordings in {build_s:.1f} s ({build_s / built:.2f} s per recording)")
 
 
 if __name__ == "__main__":

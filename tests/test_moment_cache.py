@@ -196,3 +196,25 @@ def test_fit_test_read_cached_features(tmp_path, monkeypatch, capsys):
         outs.append(capsys.readouterr().out.splitlines()[1:])
     assert outs[0] == outs[1] and outs[0][0].split()[-1] == "window" and len(outs[0]) == 4
     assert " - " in outs[0][1] and outs[0][1].endswith(" s)")  # m:ss.s - m:ss.s (length s)
+
+
+def test_summarize_prints_mean_std_and_ratios(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "docs/moments/summarize.py"
+    spec = importlib.util.spec_from_file_location("summarize", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    keys = ("R1@0.5", "R1@0.7", "mAP@0.5", "mAP@0.75", "mAP@0.5:0.95")
+    for variant, head in (("coattn", [0.4, 0.6]), ("dual_head", [0.2, 0.2])):
+        for seed, h in enumerate(head):
+            f = tmp_path / variant / f"seed{seed}" / "results" / "test" / "metrics.json"
+            f.parent.mkdir(parents=True)
+            m = {f"moment/{k}": h for k in keys} | {f"baseline_dual_sliding/moment/{k}": 0.25 for k in keys}
+            f.write_text(json.dumps({"metrics": m}))
+    assert mod.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| co-attention head | 50.00 +- 14.14 |" in out
+    assert "| dual features + same head (FiLM) | 20.00 +- 0.00 |" in out
+    assert "| zero-shot dual, sliding spans | 25.00 +- 0.00 |" in out
+    assert "| co-attention head | 2.00x |" in out and "| dual features + same head (FiLM) | 0.80x |" in out

@@ -56,9 +56,9 @@ class MomentView:
 
     def image(self, path: Path, query: str) -> tuple[np.ndarray, tuple[float, float, float] | None]:
         """RGB pixels of the waveform with the best window shaded, and that window (start s, end s, score)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        from coattn.tools.serve import figure_to_array
         from coattn.tools.localize import clock
 
         _, wave = self._load(path)
@@ -81,4 +81,6 @@ class MomentView:
         ax.set_yticks([])
         ax.tick_params(labelsize=7)
         fig.tight_layout()
-        return figure_to_array(fig), best
+        canvas = FigureCanvasAgg(fig)  # Agg: no display, no pyplot
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[..., :3].copy(), best

@@ -105,6 +105,7 @@ class MomentTrainDataset(Dataset):
                  seed: int):
         self.queries, self.sr, self.n, self.p, self.seed = queries, sample_rate, clip_samples, positive_prob, seed
         self.epoch = 0
+        self.load = True  # False (feature cache): items carry the crop's start, not its samples
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -113,8 +114,8 @@ class MomentTrainDataset(Dataset):
         q = self.queries[i]
         self.epoch += 1  # a new crop on every visit (per loader process: the draw count stands in for the epoch)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 7919 + i)
-        wave = load_audio(q.audio, self.sr)
-        total, clip_s = wave.shape[-1] / self.sr, self.n / self.sr
+        wave = load_audio(q.audio, self.sr) if self.load else None
+        total, clip_s = (wave.shape[-1] / self.sr if self.load else q.duration), self.n / self.sr
         hi = max(total - clip_s, 0.0)
         if float(torch.rand((), generator=g)) < self.p:  # a crop that holds the centre of one window
             s, e = q.windows[int(torch.randint(len(q.windows), (), generator=g))]
@@ -123,27 +124,35 @@ class MomentTrainDataset(Dataset):
         else:
             start = float(torch.rand((), generator=g)) * hi
         a = int(round(min(start, hi) * self.sr))
+        t0 = a / self.sr
+        if not self.load:  # the model cuts the crop from its cached index and re-bases the windows on it
+            return q.query, (str(q.audio), t0), [(s, e) for s, e in q.windows]
         crop = wave[a:a + self.n]
         crop = torch.nn.functional.pad(crop, (0, self.n - crop.shape[-1]))
-        t0 = a / self.sr
         wins = [(max(s - t0, 0.0), min(e - t0, clip_s)) for s, e in q.windows if e > t0 and s < t0 + clip_s]
         return q.query, crop, wins
 
 
 def collate_train(items):
+    """Batch of (query, crop, windows). Cached items (crop = (path, start s)) give ``paths`` + ``starts`` and
+    ``audio`` of shape (B, 0), their windows in recording seconds; else windows relative to the crop."""
     k = max([len(w) for _, _, w in items] + [1])
     windows = torch.full((len(items), k, 2), -1.0)
     for b, (_, _, w) in enumerate(items):
         if w:
             windows[b, :len(w)] = torch.tensor(w)
-    return {"queries": [q for q, _, _ in items], "audio": torch.stack([c for _, c, _ in items]), "windows": windows}
+    out = {"queries": [q for q, _, _ in items], "windows": windows}
+    if isinstance(items[0][1], tuple):
+        return out | {"paths": [c[0] for _, c, _ in items], "starts": torch.tensor([c[1] for _, c, _ in items]),
+                      "audio": torch.zeros(len(items), 0)}
+    return out | {"audio": torch.stack([c for _, c, _ in items])}
 
 
 class MomentEvalDataset(Dataset):
     """One item per recording: its whole waveform and its queries."""
 
-    def __init__(self, queries: list[MomentQuery], sample_rate: int):
-        self.sr = sample_rate
+    def __init__(self, queries: list[MomentQuery], sample_rate: int, load: bool = True):
+        self.sr, self.load = sample_rate, load
         self.by_vid: dict[str, list[MomentQuery]] = {}
         for q in queries:
             self.by_vid.setdefault(q.vid, []).append(q)
@@ -154,7 +163,8 @@ class MomentEvalDataset(Dataset):
 
     def __getitem__(self, i: int):
         qs = self.by_vid[self.vids[i]]
-        return {"vid": self.vids[i], "audio": load_audio(qs[0].audio, self.sr), "queries": qs}
+        audio = load_audio(qs[0].audio, self.sr) if self.load else torch.zeros(0)
+        return {"vid": self.vids[i], "audio": audio, "path": str(qs[0].audio), "queries": qs}
 
 
 class MomentDataModule(pl.LightningDataModule):
@@ -183,6 +193,12 @@ class MomentDataModule(pl.LightningDataModule):
         self.batch_size, self.positive_prob, self.tolerance = batch_size, positive_prob, window_tolerance
         self.num_workers, self.seed = num_workers, seed
         self.splits: dict[str, list[MomentQuery]] = {}
+        self.load_audio = True
+
+    def set_load_audio(self, load: bool) -> None:
+        """False: the model reads cached features (model.feature_cache), so batches carry paths and crop
+        starts instead of samples."""
+        self.load_audio = bool(load)
 
     def queries(self, split: str) -> list[MomentQuery]:
         if split not in self.splits:
@@ -202,12 +218,13 @@ class MomentDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = MomentTrainDataset(self.queries("train"), self.sample_rate, self.clip_samples, self.positive_prob,
                                 self.seed)
+        ds.load = self.load_audio
         g = torch.Generator().manual_seed(self.seed)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=True, generator=g, collate_fn=collate_train,
                           num_workers=self.num_workers, drop_last=len(ds) > self.batch_size)
 
     def _eval(self, split: str) -> DataLoader:
-        return DataLoader(MomentEvalDataset(self.queries(split), self.sample_rate), batch_size=None,
+        return DataLoader(MomentEvalDataset(self.queries(split), self.sample_rate, self.load_audio), batch_size=None,
                           num_workers=self.num_workers)
 
     def val_dataloader(self):

@@ -93,3 +93,30 @@ def test_localize_a_long_recording():
         m = tiny_model()
         m.cascade = CoAttentionCascade(kind="none")
         MomentModel(m)
+
+
+def test_localize_in_process_leaves_grad_mode_on(tmp_path, monkeypatch, capsys):
+    """`coattn localize` called from Python (a notebook, the test suite) must not switch autograd off for the
+    caller: it once did, and every later training step in the process failed with "does not require grad"."""
+    import torch
+
+    from coattn.tools import localize
+
+    class Tiny:
+        sample_rate = 8000
+
+        def index(self, wave):
+            return type("I", (), {"duration": 1.0})()
+
+        def localize(self, index, query, k):
+            assert not torch.is_grad_enabled()
+            return torch.tensor([[0.0, 0.5, 0.9]])
+
+    wav = tmp_path / "a.wav"
+    import numpy as np
+    import soundfile as sf
+    sf.write(wav, np.zeros(8000, dtype=np.float32), 8000)
+    monkeypatch.setattr(localize, "load_moment_checkpoint", lambda path: Tiny())
+    assert localize.main(["--model", "x", str(wav), "a dog"]) == 0
+    assert torch.is_grad_enabled()
+    assert "0.50" in capsys.readouterr().out

@@ -135,3 +135,88 @@ def test_search_page_in_a_real_browser(server, browser, exported_demo, tiny_clot
     WebDriverWait(browser, 120).until(
         lambda d: '"rain falls on a roof"' in d.find_element(By.CSS_SELECTOR, "#status").text)
     assert len(shown_hits(browser)) == 3
+
+
+@pytest.fixture()
+def moment_server(tiny_clotho, tmp_path):
+    """`coattn serve` on an exported (untrained, tiny) moment model folder; yields (url, folder)."""
+    import torch
+
+    from coattn.model import CoAttnModel, build_component
+    from coattn.moments.folder import save_moment_folder
+    from coattn.moments.model import MomentModel
+
+    def spec(class_path: str, **init_args):  # components with known arguments: the folder can describe them
+        return build_component({"class_path": class_path, "init_args": init_args}, torch.nn.Module)
+
+    torch.manual_seed(0)
+    text = spec("coattn.encoders.TinyTextEncoder", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                vocab_size=300, max_length=16)
+    text.fit_tokenizer(["a dog barks", "a beep", "rain falls on a roof", "a dog, then a beep"] * 3)
+    model = CoAttnModel(spec("coattn.encoders.ClapAudioEncoder", config="HTSAT-mini", spec_augment=False,
+                             frozen_norm=True, drop_path_rate=0.0), text,
+                        spec("coattn.coattention.CoAttentionCascade", kind="iterating", depth=1, width=32, heads=2,
+                             ffn_dim=64, dropout=0.0, positions="relative"), embed_dim=32)
+    mm = MomentModel(model, top_k=5).eval()
+    folder = tmp_path / "moment_model"
+    mm.model.save_pretrained(folder)
+    save_moment_folder(mm, folder)
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([*coattn_cmd(), "serve", "--model", str(folder), "--audio-dir",
+                             str(tiny_clotho / "evaluation"), "--index-dir", str(tmp_path / "index"), "--port",
+                             str(port), "--top-k", "2", "--no-maps"],
+                            env=subprocess_env(GRADIO_TEMP_DIR=str(tmp_path / "gradio")), stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"coattn serve did not start:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url, folder
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.slow
+def test_moment_model_shows_the_found_window_on_each_waveform(moment_server, browser, tiny_clotho, tmp_path,
+                                                              capsys):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from coattn.cli import main
+
+    url, folder = moment_server
+    browser.get(url)
+    box = WebDriverWait(browser, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, "#query textarea"))
+    box.send_keys("a dog barks")
+    browser.find_element(By.CSS_SELECTOR, "#search").click()
+    WebDriverWait(browser, 120).until(lambda d: len(shown_hits(d)) == 2)
+    WebDriverWait(browser, 60).until(
+        lambda d: len([i for i in d.find_elements(By.CSS_SELECTOR, ".coattn-moment img") if i.is_displayed()]) == 2)
+    images = [i for i in browser.find_elements(By.CSS_SELECTOR, ".coattn-moment img") if i.is_displayed()]
+    assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) > 300
+               for i in images)
+    windows = [" ".join(e.text.split()) for e in browser.find_elements(By.CSS_SELECTOR, ".prose.coattn-window")
+               if e.is_displayed()]
+    assert len(windows) == 2 and all(re.fullmatch(r"moment \d+:\d\d\.\d - \d+:\d\d\.\d \(p = \d\.\d\d\)", w)
+                                     for w in windows), windows
+    # the window shown is `coattn localize`'s best window of that clip, for the same model and query
+    first = shown_hits(browser)[0][1]
+    capsys.readouterr()
+    assert main(["localize", "--model", str(folder), str(tiny_clotho / "evaluation" / first), "a dog barks",
+                 "--top-k", "1"]) == 0
+    row = capsys.readouterr().out.splitlines()[2].split()
+    assert windows[0].startswith(f"moment {row[4]} - {row[6]}")
+    shot = tmp_path / "serve_moments.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 20_000
+    print(f"screenshot: {shot}")

@@ -166,6 +166,8 @@ class AisfxAudioEncoder(AudioTower):
     pooled (B, 512) = max over the real frames (= ``aisfx`` ``get_embedding`` of the window).
     """
 
+    frame_pooling = "max"  # how ``pooled`` comes from ``states`` (moment spans pool their frames the same way)
+
     def __init__(self, clip_seconds: float = 10.0, checkpoint: str | None = None, freeze: bool = True,
                  pretrained: bool = True):
         clip_samples = int(round(SAMPLE_RATE * clip_seconds))

@@ -66,3 +66,27 @@ def moment_loss(logits: torch.Tensor, offsets: torch.Tensor, labels: torch.Tenso
     else:
         l1 = logits.sum() * 0.0
     return {"relevance": bce, "boundary": l1, "loss": bce + offset_weight * l1}
+
+
+class FilmFrames(nn.Module):
+    """The dual features' frame stream, for the ``stream: dual`` head (no co-attention): each tower frame,
+    projected to ``width``, modulated by the query's pooled vector (FiLM, Perez et al. 2018):
+
+        h_t = LN(W_a a_t) * (1 + gamma(q)) + beta(q),     [gamma, beta] = W_q q
+
+    Frames never see each other nor the query's tokens: what the cascade adds over this is attention
+    (across frames, guided by every token of the query)."""
+
+    def __init__(self, audio_dim: int, text_dim: int, width: int, feature_norm: bool = False):
+        super().__init__()
+        self.audio_norm = nn.BatchNorm1d(audio_dim) if feature_norm else nn.Identity()
+        self.text_norm = nn.BatchNorm1d(text_dim) if feature_norm else nn.Identity()
+        self.audio, self.norm, self.film = nn.Linear(audio_dim, width), nn.LayerNorm(width), nn.Linear(text_dim, 2 * width)
+        self.width = width
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """frames (B, T, Da), mask (B, T) True = real, query (B, Dt) -> (B, T, width)."""
+        x = frames.clone()
+        x[mask] = self.audio_norm(frames[mask])  # statistics of the real frames only
+        gamma, beta = self.film(self.text_norm(query)).chunk(2, dim=-1)
+        return self.norm(self.audio(x)) * (1 + gamma[:, None]) + beta[:, None]

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from coattn.moments.head import MomentHead
+from coattn.features import SequenceFeatures
+from coattn.moments.head import FilmFrames, MomentHead
 from coattn.moments.windows import crop_starts, decode_frames, span_means, span_proposals, stitch, temporal_nms
 
 
@@ -30,14 +31,26 @@ class RecordingIndex:
 
 
 class MomentModel(nn.Module):
+    """``stream``: what the head reads. ``cascade``: the iterating cascade's text-conditioned frames;
+    ``dual``: the tower's frames FiLM-modulated by the query's pooled vector (``FilmFrames``, no co-attention,
+    width ``stream_width``). ``index_hop``: seconds between the sliding tower's crops (None: half its input)."""
+
     def __init__(self, model: nn.Module, hidden: int | None = None, nms_iou: float = 0.7, top_k: int = 10,
-                 dual_spans: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)):
+                 dual_spans: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0), stream: str = "cascade",
+                 stream_width: int = 256, index_hop: float | None = None):
         super().__init__()
-        if getattr(model.cascade, "kind", None) != "iterating":
+        if stream not in ("cascade", "dual"):
+            raise ValueError(f"stream must be 'cascade' or 'dual', not {stream!r}")
+        if stream == "cascade" and getattr(model.cascade, "kind", None) != "iterating":
             raise ValueError("the moment head reads the iterating cascade's text-conditioned audio stream: "
-                             "set model.cascade.init_args.kind: iterating")
-        self.model, self.head = model, MomentHead(model.cascade.width, hidden)
+                             "set model.cascade.init_args.kind: iterating (or model.stream: dual)")
+        self.model, self.stream = model, stream
+        if stream == "dual":
+            self.film = FilmFrames(model.audio_encoder.out_dim, model.text_encoder.out_dim, stream_width,
+                                   isinstance(model.dual_audio.norm, nn.BatchNorm1d))
+        self.head = MomentHead(model.cascade.width if stream == "cascade" else stream_width, hidden)
         self.nms_iou, self.top_k, self.dual_spans = nms_iou, top_k, tuple(dual_spans)
+        self.index_hop = index_hop
 
     # ---- the tower's time line ---------------------------------------------------------------
     @property
@@ -53,6 +66,22 @@ class MomentModel(nn.Module):
         return int(self.model.audio_encoder.num_frames)
 
     @property
+    def hop_samples(self) -> int:
+        hop = self.clip_samples // 2 if self.index_hop is None else int(round(self.index_hop * self.sample_rate))
+        return max(1, min(hop, self.clip_samples))
+
+    @property
+    def frame_pooling(self) -> str:
+        """How the tower pools its frames into its clip vector ("max" for aisfx, else "mean")."""
+        return getattr(self.model.audio_encoder, "frame_pooling", "mean")
+
+    def pool_frames(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The tower's own pooled vector of (B, T, D) frames: max or mean over the real ones."""
+        if self.frame_pooling == "max":
+            return states.masked_fill(~mask[..., None], float("-inf")).amax(1)
+        return (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+
+    @property
     def frame_seconds(self) -> float:
         rate = getattr(self.model.audio_encoder, "frame_rate", None)  # frames per second, where the tower says
         return 1.0 / float(rate) if rate else self.clip_samples / self.sample_rate / self.num_frames
@@ -61,6 +90,9 @@ class MomentModel(nn.Module):
     def pair_outputs(self, audio_feats, text_feats, rows: torch.Tensor, inv: torch.Tensor):
         """Head outputs of the pairs (query rows[i], crop inv[i, c]): logits (b r, T), offsets (b r, T, 2)."""
         m = self.model
+        if self.stream == "dual":
+            a = audio_feats.index(inv[:, 0])
+            return self.head(self.film(a.states, a.mask, text_feats.pooled[rows]))
         text = m.prepare_text(text_feats)
         audio = m.prepare_audio(audio_feats)
         stage = m.cascade.clip_stage(audio, torch.unique(inv))
@@ -71,8 +103,8 @@ class MomentModel(nn.Module):
     # ---- inference ---------------------------------------------------------------------------
     @torch.no_grad()
     def index(self, waveform: torch.Tensor, batch: int = 8) -> RecordingIndex:
-        """Slide the tower over a (S,) waveform (hop: half its input) and stitch its frames."""
-        n, hop = self.clip_samples, self.clip_samples // 2
+        """Slide the tower over a (S,) waveform (hop: ``hop_samples``) and stitch its frames."""
+        n, hop = self.clip_samples, self.hop_samples
         total = waveform.shape[-1]
         starts = crop_starts(total, n, hop)
         crops = torch.stack([torch.nn.functional.pad(waveform[s:s + n], (0, max(0, n - (total - s))))
@@ -80,20 +112,25 @@ class MomentModel(nn.Module):
         frames = torch.cat([self.model.encode_audio(crops[i:i + batch].to(self._device())).states
                             for i in range(0, len(crops), batch)])
         fs = self.frame_seconds
-        n_frames = max(1, int(round(total / self.sample_rate / fs)))
         fstarts = [int(round(s / self.sample_rate / fs)) for s in starts]
+        # the tower's frames may cover a little less than its window: the index ends at the last covered frame
+        n_frames = max(1, min(int(round(total / self.sample_rate / fs)), fstarts[-1] + frames.shape[1]))
         return RecordingIndex(stitch(frames, fstarts, max(n_frames, fstarts[-1] + 1)), fs, total / self.sample_rate)
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
     @torch.no_grad()
-    def frame_scores(self, index: RecordingIndex, query: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Relevance probabilities (F,) and boundary offsets in seconds (F, 2) of a query over the index."""
-        from coattn.features import SequenceFeatures
-
+    def frame_scores(self, index: RecordingIndex, query: str | SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """Relevance probabilities (F,) and boundary offsets in seconds (F, 2) of a query (a string, or its
+        token features) over the index."""
         m, t = self.model, self.num_frames
-        text = m.prepare_text(m.encode_text([query]))
+        feats = m.encode_text([query]) if isinstance(query, str) else query
+        if self.stream == "dual":  # frames are independent: the whole index at once
+            mask = torch.ones(1, index.frames.shape[0], dtype=torch.bool, device=index.frames.device)
+            logits, offsets = self.head(self.film(index.frames[None], mask, feats.pooled[:1]))
+            return torch.sigmoid(logits[0]), offsets[0] * index.frame_seconds
+        text = m.prepare_text(feats)
         total = index.frames.shape[0]
         starts = crop_starts(total, t, max(1, t // 2))
         chunks = torch.stack([index.frames[s:s + t] for s in starts])  # (n, <=T, D)
@@ -107,21 +144,28 @@ class MomentModel(nn.Module):
         return torch.sigmoid(both[:, 0]), both[:, 1:] * index.frame_seconds
 
     @torch.no_grad()
-    def localize(self, index: RecordingIndex, query: str, top_k: int | None = None) -> torch.Tensor:
+    def localize(self, index: RecordingIndex, query: str | SequenceFeatures, top_k: int | None = None) -> torch.Tensor:
         prob, off = self.frame_scores(index, query)
         props = decode_frames(prob.double(), off[:, 0].double(), off[:, 1].double(), index.frame_seconds,
                               index.duration)
         return temporal_nms(props, self.nms_iou, top_k or self.top_k)
 
     @torch.no_grad()
-    def dual_sliding(self, index: RecordingIndex, query: str, top_k: int | None = None) -> torch.Tensor:
+    def dual_sliding(self, index: RecordingIndex, query: str | SequenceFeatures,
+                     top_k: int | None = None) -> torch.Tensor:
         """Zero-shot baseline: spans of ``dual_spans`` seconds every frame, each scored by the dual branch
-        (masked-mean frames -> dual audio head, cosine with the query's dual embedding), NMS."""
+        (the span's frames pooled as the dual branch pools a clip -> dual audio head, cosine with the
+        query's dual embedding), NMS."""
         m, fs = self.model, index.frame_seconds
         lengths = sorted({max(1, int(round(s / fs))) for s in self.dual_spans})
         spans = span_proposals(index.frames.shape[0], lengths).to(index.frames.device)
-        emb = m.dual_audio(span_means(index.frames, spans))  # dual_pooling "mean": the pooled frames
-        q = m.dual_embed_text(m.encode_text([query]))[0]
+        if m.dual_pooling == "encoder" and self.frame_pooling == "max":  # the tower's own clip vector
+            pooled = torch.cat([index.frames.unfold(0, n, 1).amax(-1) for n in lengths if n <= len(index.frames)]
+                               or [index.frames.amax(0, keepdim=True)])
+        else:
+            pooled = span_means(index.frames, spans)
+        emb = m.dual_audio(pooled)
+        q = m.dual_embed_text(m.encode_text([query]) if isinstance(query, str) else query)[0]
         score = emb @ q
         props = torch.stack([spans[:, 0] * fs, (spans[:, 1] * fs).clamp(max=index.duration), score], 1).double()
         return temporal_nms(props, self.nms_iou, top_k or self.top_k)

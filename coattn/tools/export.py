@@ -85,12 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     from coattn.model import CoAttnModel
 
     out = Path(args.out_dir)
+    mm = None
     try:
         check_out_dir(out, args.overwrite)  # before the checkpoint is read: a one-line error naming the folder
         if args.metrics:
             check_metrics(args.metrics)
-        model = CoAttnModel.from_checkpoint(args.ckpt_path)
         meta = load_checkpoint(args.ckpt_path, mmap=True)  # epoch / step for the card (memory-mapped: cheap)
+        if any(k.startswith("mm.head.") for k in meta.get("state_dict", {})):  # a moment model: + moment.json
+            from coattn.tools.localize import load_moment_checkpoint
+
+            mm = load_moment_checkpoint(args.ckpt_path)
+            model = mm.model
+        else:
+            model = CoAttnModel.from_checkpoint(args.ckpt_path)
         fields = model_card.training(args.ckpt_path, meta, args.run_dir, args.metrics)
     except (UserFacingError, OSError, ValueError) as exc:
         print(f"coattn: error: {exc}", file=sys.stderr)
@@ -114,7 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         card = ModelCard.load(out / "README.md")
         card.data.license = args.license
         card.save(out / "README.md")
-    again = CoAttnModel.from_pretrained(out)  # the folder alone must give back every weight, bit for bit
+    if mm is not None:
+        from coattn.moments.folder import load_moment_folder, save_moment_folder
+
+        save_moment_folder(mm, out)
+        model = mm
+    # the folder alone must give back every weight, bit for bit
+    again = CoAttnModel.from_pretrained(out) if mm is None else load_moment_folder(out)
     ref = model.state_dict()
     bad = [k for k, v in again.state_dict().items() if not torch.equal(v, ref[k])]
     if bad or set(ref) != set(again.state_dict()):

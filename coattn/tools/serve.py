@@ -11,7 +11,9 @@ the page shows, best first, each clip's rank, file name and
 score (a cosine in [-1, 1]), an audio player, and, for a co-attention model, the word-by-frame
 attention map of the query with that clip (``coattn.attention_maps``, the figures the training
 callback logs). ``--model`` takes an exported folder (``coattn export``) or a Hub id;
-``--ckpt_path`` a checkpoint of ``coattn fit``.
+``--ckpt_path`` a checkpoint of ``coattn fit``. A moment model (a moment checkpoint, or its exported
+folder) also shows WHERE in each hit the query happens: the clip's waveform with the best window
+shaded and its times (coattn/tools/serve_moments.py; ``--no-moments`` turns it off).
 
 Why Gradio: it is the page library of the Hugging Face ecosystem coattn's models are shared on
 (audio players, images and a queue for concurrent users come with it), maintained, and a pure
@@ -76,9 +78,19 @@ def ranked_hits(model, index, query: str, top_k: int, mode: str, rerank_k: int, 
 
 
 def build_app(model, index, audio_dir: Path, top_k: int = 5, mode: str = "rerank", rerank_k: int = 64,
-              device: str = "cpu", maps: bool = True, source: str = ""):
-    """The Gradio page (a ``gr.Blocks``): query box, then ``top_k`` result rows shown as hits arrive."""
+              device: str = "cpu", maps: bool = True, source: str = "", moments=None):
+    """The Gradio page (a ``gr.Blocks``): query box, then ``top_k`` result rows shown as hits arrive.
+    ``moments``: a ``serve_moments.MomentView``; each hit then shows its best window on its waveform."""
     import gradio as gr
+
+    def moment_cells(name: str | None, query: str) -> list:
+        if moments is None or name is None:
+            return [gr.Markdown("", visible=False), gr.Image(value=None, visible=False)]
+        from coattn.tools.localize import clock
+
+        image, best = moments.image(audio_dir / name, query)
+        text = "no window" if best is None else f"moment **{clock(best[0])} - {clock(best[1])}** (p = {best[2]:.2f})"
+        return [gr.Markdown(text, visible=True), gr.Image(value=image, visible=True)]
 
     kind = model.cascade.kind
     intro = (f"**{len(index.files)} clips** of `{audio_dir}` indexed ({index.stats.get('encoded', 0)} encoded now, "
@@ -91,7 +103,7 @@ def build_app(model, index, audio_dir: Path, top_k: int = 5, mode: str = "rerank
         query = (query or "").strip()
         if not query:
             return [gr.Markdown("Type a description of a sound.")] + [gr.Row(visible=False)] * top_k + \
-                [gr.Markdown(), gr.Audio(), gr.Image()] * top_k
+                [gr.Markdown(), gr.Audio(), gr.Image(), *moment_cells(None, "")] * top_k
         result, images = ranked_hits(model, index, query, top_k, mode, rerank_k, device, maps, audio_dir, gone)
         hits = result["results"]
         status = (f"\"{query}\": {len(hits)} best of {len(index.files)} clips "
@@ -103,10 +115,10 @@ def build_app(model, index, audio_dir: Path, top_k: int = 5, mode: str = "rerank
                 rows.append(gr.Row(visible=True))
                 cells += [gr.Markdown(f"**{rank}.** `{name}` &nbsp; score **{score:+.4f}**"),
                           gr.Audio(value=str(audio_dir / name), label=name),
-                          gr.Image(value=images[slot], visible=images[slot] is not None)]
+                          gr.Image(value=images[slot], visible=images[slot] is not None), *moment_cells(name, query)]
             else:
                 rows.append(gr.Row(visible=False))
-                cells += [gr.Markdown(""), gr.Audio(value=None), gr.Image(value=None)]
+                cells += [gr.Markdown(""), gr.Audio(value=None), gr.Image(value=None), *moment_cells(None, query)]
         return [gr.Markdown(status)] + rows + cells
 
     with gr.Blocks(title="coattn: search sounds by description") as app:
@@ -125,6 +137,9 @@ def build_app(model, index, audio_dir: Path, top_k: int = 5, mode: str = "rerank
                 with gr.Column(scale=3):
                     cells.append(gr.Image(type="numpy", interactive=False, show_label=False,
                                           elem_classes=["coattn-map"]))
+                    cells.append(gr.Markdown(visible=False, elem_classes=["coattn-window"]))
+                    cells.append(gr.Image(type="numpy", interactive=False, show_label=False, visible=False,
+                                          elem_classes=["coattn-moment"]))
             rows.append(row)
         outputs = [status, *rows, *cells]
         button.click(run, inputs=query, outputs=outputs)
@@ -145,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=["rerank", "exact"], default="rerank", help="as in `coattn search`")
     p.add_argument("--rerank-k", type=int, default=64, help="shortlist length of --mode rerank (default 64)")
     p.add_argument("--no-maps", action="store_true", help="no attention maps (faster pages)")
+    p.add_argument("--no-moments", action="store_true",
+                   help="a moment model: do not show the found moment on each hit's waveform")
     p.add_argument("--index-dir", default=None, help="where the index lives (as in `coattn search`)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per encoder batch while indexing")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
@@ -165,14 +182,18 @@ def main(argv: list[str] | None = None) -> int:
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     audio_dir = Path(args.audio_dir).expanduser().resolve()
+    from coattn.tools.serve_moments import MomentView, load_moment_source
+
     try:
-        model = load_model(args.ckpt_path, args.model, device)
+        mm = load_moment_source(args.ckpt_path, args.model)
+        model = load_model(args.ckpt_path, args.model, device) if mm is None else mm.model.to(device).eval()
         index = build_index(model, audio_dir, args.index_dir, args.batch_size, device)
     except (FileNotFoundError, ValueError, UserFacingError) as exc:
         print(f"coattn serve: {exc}", file=sys.stderr)
         return 2
+    moments = MomentView(mm, device) if mm is not None and not args.no_moments else None
     app = build_app(model, index, audio_dir, args.top_k, args.mode, args.rerank_k, device, not args.no_maps,
-                    args.model or args.ckpt_path)
+                    args.model or args.ckpt_path, moments)
     # system fonts: the default theme's Google fonts would be fetched by every browser from the internet
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])

@@ -1,0 +1,65 @@
+"""Print the pretrained-regime moment table from the runs of docs/moments/run_seeds.sh.
+
+    python docs/moments/summarize.py runs/moments_seeds
+
+Reads OUT/{coattn,dual_head}/seed*/results/test/metrics.json (coattn test); rows: the co-attention head, the
+dual-features head, and the zero-shot sliding-window dual encoder (each test's baseline row: the same frozen dual
+heads in both runs of a seed, so both give it; the co-attention runs' copy is shown, and a mismatch is reported).
+Figures in %, mean +- std (sample std) over seeds; ratios = row mean / zero-shot mean.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+KEYS = ("R1@0.5", "R1@0.7", "mAP@0.5", "mAP@0.75", "mAP@0.5:0.95")
+BASE = "baseline_dual_sliding/moment/"
+
+
+def load(out: Path, variant: str) -> dict[str, dict]:
+    runs = {}
+    for f in sorted((out / variant).glob("seed*/results/test/metrics.json")):
+        runs[f.parts[-4]] = json.loads(f.read_text())["metrics"]
+    return runs
+
+
+def stats(values: list[float]) -> tuple[float, float]:
+    m = statistics.fmean(values)
+    return m, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[0] if argv else "runs/moments_seeds")
+    co, du = load(out, "coattn"), load(out, "dual_head")
+    if not co:
+        print(f"no metrics.json under {out}/coattn/seed*/results/test/", file=sys.stderr)
+        return 1
+    rows = [("co-attention head", co, "moment/"), ("dual features + same head (FiLM)", du, "moment/"),
+            ("zero-shot dual, sliding spans", co, BASE)]
+    zero = {k: stats([m[BASE + k] for m in co.values()])[0] for k in KEYS}
+    print(f"seeds: co-attention {sorted(co)}, dual features {sorted(du)}; figures in %, mean +- std\n")
+    print("| system | " + " | ".join(KEYS) + " |")
+    print("|---|" + "---:|" * len(KEYS))
+    for name, runs, prefix in rows:
+        if runs:
+            cells = [stats([100 * m[prefix + k] for m in runs.values()]) for k in KEYS]
+            print(f"| {name} | " + " | ".join(f"{a:.2f} +- {s:.2f}" for a, s in cells) + " |")
+    print("\nratio vs the zero-shot dual (row mean / zero-shot mean):\n")
+    print("| system | " + " | ".join(KEYS) + " |")
+    print("|---|" + "---:|" * len(KEYS))
+    for name, runs, prefix in rows[:2]:
+        if runs:
+            cells = [stats([m[prefix + k] for m in runs.values()])[0] / zero[k] if zero[k] else float("nan")
+                     for k in KEYS]
+            print(f"| {name} | " + " | ".join(f"{c:.2f}x" for c in cells) + " |")
+    for seed in sorted(set(co) & set(du)):  # the same frozen dual heads: the baseline rows must agree
+        diff = max(abs(co[seed][BASE + k] - du[seed][BASE + k]) for k in KEYS)
+        if diff > 1e-6:
+            print(f"note: {seed}: the two runs' zero-shot rows differ by {diff:.4f}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -159,7 +159,7 @@ class RetrievalLoss:
         residual_lambda > 0   every pair logit is (s_pair + lambda_r * sg(s_dual)) / tau: the cascade
                               learns what the dual misses (``local`` or ``hard``)
         + grounding_weight * L_ground   the positive pairs' cross-attention taught event timings
-    (coattn/time_binding.py, docs/README_time.md)
+    (coattn/time_binding.py, docs/time.md)
 
     Args:
         aux_weight: weight of the dual-encoder term (ignored for cascade ``none``, whose only loss it

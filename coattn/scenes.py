@@ -1,6 +1,6 @@
 """Scene metadata of a dataset root: when each event happens, which clip is a clip's order twin, and
 which words of a caption name which event. Read by the data modules for the time-binding levers
-(docs/README_time.md); plain Python, no torch.
+(docs/time.md); plain Python, no torch.
 
 ``<root>/synth_metadata.json`` (``coattn synth`` writes it; the real-sound scenes use the same keys):
 

@@ -3,7 +3,7 @@
     bank = load_bank("data/bank")                  # list[Sound], from BANK/sounds.csv
     wave = bank[0].load(44100)                     # float32 mono, peak-normalised
 
-Format (docs/README_sounds.md; shared with the moments branch, which reads it):
+Format (docs/sounds.md; shared with the moments branch, which reads it):
     BANK/sounds.csv   id,file,label,phrase,description,category,seconds,sample_rate,source
                       one row per usable recording; ``file`` is relative to BANK (16-bit PCM mono WAV,
                       44.1 kHz, trimmed of leading/trailing silence, peak-normalised to -1 dBFS)

@@ -1,6 +1,6 @@
 """Time binding: what teaches the cascade *when* things happen, where a pooled (dual) vector cannot tell.
 
-Three levers of ``coattn.loss.RetrievalLoss`` (docs/README_time.md has the equations and keys):
+Three levers of ``coattn.loss.RetrievalLoss`` (docs/time.md has the equations and keys):
 
     residual        the pair term trains the fused score: z = (s_pair + lambda_r * sg(s_dual)) / tau, so
                     the cascade learns what the dual encoder misses instead of relearning the events

@@ -1,4 +1,4 @@
-"""Time binding (docs/README_time.md): residual scoring, order twins in a batch, event-swapped clips, and
+"""Time binding (docs/time.md): residual scoring, order twins in a batch, event-swapped clips, and
 attention grounding from event timings."""
 from __future__ import annotations
 

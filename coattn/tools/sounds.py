@@ -9,7 +9,7 @@
 
 Every input problem (a missing CSV column is fatal; a missing, unreadable, silent or too short file,
 a spoken word, a non-source) is one entry of BANK/report.json; the last line printed is the summary
-``kept N, skipped M (reason n, ...)``. docs/README_sounds.md describes the rules.
+``kept N, skipped M (reason n, ...)``. docs/sounds.md describes the rules.
 """
 from __future__ import annotations
 

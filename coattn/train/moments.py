@@ -46,7 +46,7 @@ class MomentRetrieval(pl.LightningModule):
     Args: the towers and cascade (as CoAttnModel), embed_dim, feature_norm, temperature, dual_pooling,
     dual_projection; hidden (head MLP width, default the stream's); nms_iou, top_k (windows kept per query);
     dual_spans (seconds of the baseline's sliding spans); lr, weight_decay; contrastive_weight, offset_weight
-    (loss terms above). Pretrained regime (docs/README_moments.md):
+    (loss terms above). Pretrained regime (docs/moments.md):
 
         stream        cascade (the co-attention head) | dual (FiLM of the tower frames by the query's pooled
                       vector, no co-attention; width stream_width): what co-attention adds

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The pretrained-regime moment table (docs/README_moments.md): per seed, a zero-shot dual encoder trained for CLIP
+# The pretrained-regime moment table (docs/moments.md): per seed, a zero-shot dual encoder trained for CLIP
 # retrieval only (experiments/real/dual.yaml), then two moment runs on the same frozen towers whose dual heads
 # are that dual encoder's, frozen: the co-attention head (experiments/moments/real.yaml) and the dual-features head
 # (+ real_dual_head.yaml). Each test also scores the zero-shot sliding-window dual encoder (its baseline row).

@@ -269,7 +269,11 @@ def test_freeze_dual_keeps_the_dual_branch_exactly_as_stage_one_left_it():
     cascade = CoAttentionCascade(kind="iterating", depth=1, width=32, heads=4, ffn_dim=64, positions="relative")
     module = CoAttnRetrieval(loss=RetrievalLoss(residual_lambda=1.0), audio_encoder=FakeEncoder(24),
                              text_encoder=WordEncoder(20), cascade=cascade, embed_dim=16, feature_norm=True,
-                             freeze_dual=True).train()
+                             freeze_dual=True)
+    # eval from construction on, before any .train() call: Lightning captures the modes when a fit starts and
+    # restores them after each validation (a fit once updated the frozen dual's BatchNorm statistics this way)
+    assert not module.model.dual_audio.norm.training and not module.model.dual_text.norm.training
+    module.train()
     m = module.model
     before = {k: v.clone() for k, v in m.state_dict().items() if k.startswith(("dual_", "pair_"))}
     assert not m.dual_audio.training and not m.dual_text.training and m.cascade.training

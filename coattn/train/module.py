@@ -87,9 +87,9 @@ class CoAttnRetrieval(pl.LightningModule):
         self.loss, self.optim, self.evaluation = loss, optim, evaluation
         self.feature_cache, self.init_from, self.init_pair_from_dual = feature_cache, init_from, init_pair_from_dual
         self.freeze_dual = freeze_dual
-        if freeze_dual:
-            for part in self._dual_parts():
-                part.requires_grad_(False)
+        if freeze_dual:  # eval from the start: Lightning records each module's mode when fitting starts and
+            for part in self._dual_parts():  # restores it after every validation, without calling .train()
+                part.requires_grad_(False).train(False)
         if loss.residual_lambda and self.model.has_pairwise:  # the model ranks by the score its pair term trained
             self.model.fusion_lambda.fill_(loss.residual_lambda)
             if isinstance(evaluation.fusion, (int, float)) and evaluation.fusion != loss.residual_lambda:

@@ -5,7 +5,7 @@ over seeds, against the converged stage-1 dual encoder(s).
 
 Columns (test split, %): fused t2a mAP@10, the share of the dual's error it removes ((fused - dual) / (1 - dual),
 target >= 0.5), the pair score alone, t2a mAP@10 of the twin queries and of the other queries (the system's own
-score), the order and count probes of the pair branch (the dual's beside it in the dual row), lambda.
+score; seed k against the dual of seed k), the order and count probes of the pair branch (the dual's beside it in the dual row), lambda.
 """
 from __future__ import annotations
 
@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = [load(f) for f in sorted(variant.glob("seed*/results/test/metrics.json"))]
         if not runs:
             continue
-        removed = [(r["fused"] - dual_ref) / (1 - dual_ref) for r in runs] if dual_ref is not None else []
+        # seed k against the dual of seed k when one dual file per seed is given (in seed order), else the mean dual
+        refs = [d["fused"] for d in duals] if len(duals) == len(runs) else [dual_ref] * len(runs)
+        removed = [(r["fused"] - ref) / (1 - ref) for r, ref in zip(runs, refs)] if dual_ref is not None else []
         lams = sorted({r["lambda"] for r in runs if r["lambda"] is not None})
         print(f"| {variant.name} | {len(runs)} | {cell([r['fused'] for r in runs])} | {cell(removed, False)} | "
               f"{cell([r['pair'] for r in runs])} | {cell([r['twin'] for r in runs])} | "

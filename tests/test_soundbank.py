@@ -236,3 +236,26 @@ def test_fetch_without_apt_get_is_one_clear_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "cache" / "tuxpaint-stamps-default_1.0_all.deb").write_bytes(b"not an archive")
     assert main(args) == 1
     assert "is not a Debian package" in capsys.readouterr().err
+
+
+def test_fetch_updates_empty_package_lists_once_then_downloads(tmp_path, monkeypatch):
+    """A fresh machine has no apt package lists: `apt-get download` fails until `apt-get update` ran (as root)."""
+    import subprocess as sp
+
+    import coattn.tools.sounds as sounds
+
+    calls = []
+
+    def fake_run(cmd, cwd=None, **kw):
+        calls.append(cmd[:2])
+        if cmd[:2] == ["apt-get", "download"] and ["apt-get", "update"] in calls:
+            (Path(cwd) / "tuxpaint-stamps-default_2.0_all.deb").write_bytes(b"x")
+            return sp.CompletedProcess(cmd, 0, "", "")
+        return sp.CompletedProcess(cmd, 0 if cmd[1] == "update" else 100, "", "E: Unable to locate package")
+
+    monkeypatch.setattr(sounds.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(sounds.subprocess, "run", fake_run)
+    monkeypatch.setattr(sounds.os, "geteuid", lambda: 0)
+    deb = sounds.fetch_tuxpaint(tmp_path, log=lambda m: None)
+    assert deb.name == "tuxpaint-stamps-default_2.0_all.deb"
+    assert calls == [["apt-get", "download"], ["apt-get", "update"], ["apt-get", "download"]]

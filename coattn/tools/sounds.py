@@ -55,6 +55,10 @@ def fetch_tuxpaint(cache: Path, log=lambda m: print(m, flush=True)) -> Path:
                               "extracted tree with --tuxpaint PATH")
     log(f"coattn sounds: apt-get download {TUXPAINT_PACKAGE} into {cache}")
     res = subprocess.run(["apt-get", "download", TUXPAINT_PACKAGE], cwd=cache, capture_output=True, text=True)
+    if res.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:  # a fresh machine's empty package
+        log("coattn sounds: apt-get update (the package lists are empty or stale), then again")  # lists
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+        res = subprocess.run(["apt-get", "download", TUXPAINT_PACKAGE], cwd=cache, capture_output=True, text=True)
     debs = sorted(cache.glob(f"{TUXPAINT_PACKAGE}_*.deb"))
     if res.returncode != 0 or not debs:
         last = (res.stderr.strip().splitlines() or ["no .deb written"])[-1]

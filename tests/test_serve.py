@@ -5,6 +5,7 @@ scoring), fetches every clip the players serve, checks the attention maps are dr
 screenshot in its output folder. CI installs the browser (.ci/browsers.sh) and the app extra."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -29,15 +30,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def server(exported_demo, tiny_clotho, tmp_path):
-    """`coattn serve` on the exported model and the tiny evaluation clips; yields (url, index dir)."""
-    _, _, folder = exported_demo
-    port, index = free_port(), tmp_path / "index"
+
+@contextlib.contextmanager
+def serving(tmp_path, args: list[str]):
+    """`coattn serve ARGS --port P` in a subprocess; yields its URL once it answers 200 (at most 180 s)."""
+    port = free_port()
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([*coattn_cmd(), "serve", "--model", str(folder), "--audio-dir",
-                             str(tiny_clotho / "evaluation"), "--index-dir", str(index), "--port", str(port),
-                             "--top-k", "3"],
+    proc = subprocess.Popen([*coattn_cmd(), "serve", *args, "--port", str(port)],
                             env=subprocess_env(GRADIO_TEMP_DIR=str(tmp_path / "gradio")), stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -52,11 +51,20 @@ def server(exported_demo, tiny_clotho, tmp_path):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(f"coattn serve did not start:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
                 time.sleep(0.5)
-        yield url, index
+        yield url
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+@pytest.fixture()
+def server(exported_demo, tiny_clotho, tmp_path):
+    """`coattn serve` on the exported model and the tiny evaluation clips; yields (url, index dir)."""
+    _, _, folder = exported_demo
+    index = tmp_path / "index"
+    with serving(tmp_path, ["--model", str(folder), "--audio-dir", str(tiny_clotho / "evaluation"), "--index-dir",
+                            str(index), "--top-k", "3"]) as url:
+        yield url, index
 
 
 @pytest.fixture()
@@ -161,30 +169,9 @@ def moment_server(tiny_clotho, tmp_path):
     folder = tmp_path / "moment_model"
     mm.model.save_pretrained(folder)
     save_moment_folder(mm, folder)
-    port = free_port()
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([*coattn_cmd(), "serve", "--model", str(folder), "--audio-dir",
-                             str(tiny_clotho / "evaluation"), "--index-dir", str(tmp_path / "index"), "--port",
-                             str(port), "--top-k", "2", "--no-maps"],
-                            env=subprocess_env(GRADIO_TEMP_DIR=str(tmp_path / "gradio")), stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"coattn serve did not start:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
-                time.sleep(0.5)
+    with serving(tmp_path, ["--model", str(folder), "--audio-dir", str(tiny_clotho / "evaluation"), "--index-dir",
+                            str(tmp_path / "index"), "--top-k", "2", "--no-maps"]) as url:
         yield url, folder
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 @pytest.mark.slow

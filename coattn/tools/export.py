@@ -16,32 +16,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
-    """``out`` can be created and written (a probe file, not ``os.access``: root passes permission checks
-    but not a read-only file system), and is empty unless ``overwrite``; ``OutputError`` naming it if not."""
-    import tempfile
-
+    """``out`` can be created and written (the run folders' probe, ``coattn.train.runs.check_writable``) and
+    is empty unless ``overwrite``; ``OutputError`` naming it if not."""
     from coattn.errors import OutputError
+    from coattn.train.runs import check_writable
 
     if out.exists() and not out.is_dir():
         raise OutputError(f"OUT_DIR {out}: a file stands there; choose a folder name")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputError(f"OUT_DIR {out} is not empty; pass --overwrite to replace its files, or choose another "
                           "folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".coattn-probe-")
-        os.close(fd)
-        os.remove(probe)
-    except OSError as exc:
-        raise OutputError(f"OUT_DIR: cannot write to {str(out)!r} ({exc.strerror or exc}); choose a folder "
-                          "you can write") from None
+    check_writable(out, "OUT_DIR", hint="or choose another OUT_DIR")
 
 
 def check_metrics(path: str) -> None:

@@ -160,7 +160,8 @@ LOCK_NAME = ".coattn-fit.lock"
 _held: list[int] = []  # file descriptors of the run-folder locks this process holds
 
 
-def check_writable(folder: str | os.PathLike, key: str) -> None:
+def check_writable(folder: str | os.PathLike, key: str,
+                   hint: str = "COATTN_RUN_DIR=<folder> moves every output of the config") -> None:
     """Create ``folder`` and write (then remove) a probe file in it; ``OutputError`` naming ``key`` if not.
 
     A probe, not ``os.access``: root passes every permission check but still fails on a read-only
@@ -173,7 +174,7 @@ def check_writable(folder: str | os.PathLike, key: str) -> None:
         os.remove(probe)
     except OSError as exc:
         raise OutputError(f"{key}: cannot write to {os.fspath(folder)!r} ({exc.strerror or exc}); point it to a "
-                          "folder you can write (COATTN_RUN_DIR=<folder> moves every output of the config)") from None
+                          f"folder you can write ({hint})") from None
 
 
 def lock_run_folder(folder: str | os.PathLike) -> None:

@@ -120,3 +120,105 @@ def test_localize_in_process_leaves_grad_mode_on(tmp_path, monkeypatch, capsys):
     assert localize.main(["--model", "x", str(wav), "a dog"]) == 0
     assert torch.is_grad_enabled()
     assert "0.50" in capsys.readouterr().out
+
+
+def _nms_reference(windows, thr, k):
+    """The first round's NMS (the full N x N IoU matrix), to check the row-by-row version against."""
+    from coattn.moments.metrics import iou_cross
+
+    windows = windows[torch.sort(windows[:, 2], descending=True, stable=True).indices]
+    iou = iou_cross(windows[:, :2], windows[:, :2])
+    alive, keep = torch.ones(len(windows), dtype=torch.bool), []
+    for i in range(len(windows)):
+        if not alive[i]:
+            continue
+        keep.append(i)
+        if len(keep) == k:
+            break
+        alive &= ~(iou[i] > thr)
+    return windows[keep]
+
+
+def test_nms_row_by_row_equals_the_matrix_version():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        s = torch.randint(0, 30, (60,), generator=g).double()
+        e = s + torch.randint(1, 12, (60,), generator=g).double()
+        score = torch.randint(0, 8, (60,), generator=g).double()  # many ties: the stable order must hold
+        w = torch.stack([s, e, score], 1)
+        for thr, k in ((0.7, 10), (0.3, 5), (1.0, 60)):
+            assert torch.equal(temporal_nms(w, thr, k), _nms_reference(w, thr, k))
+
+
+def test_decode_spans_finds_the_maximum_sum_run():
+    from coattn.moments.windows import decode_spans
+
+    # frames 0.5 s apart; relevance positive exactly on frames 4..9 -> the window [2.0, 5.0) s
+    z = torch.full((20,), -3.0, dtype=torch.float64)
+    z[4:10] = 2.0
+    out = decode_spans(z, 0.5, 10.0, iou_threshold=0.7, max_keep=5)
+    assert out[0, :2].tolist() == [2.0, 5.0] and out[0, 2] == pytest.approx(12.0)
+    assert (out[:-1, 2] >= out[1:, 2]).all() and len(out) == 5
+    # random logits: the top score is the brute-force maximum subarray sum; max_frames caps the length
+    g = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        z = torch.randn(40, generator=g, dtype=torch.float64)
+        best = max(z[a:b].sum().item() for a in range(40) for b in range(a + 1, 41))
+        assert decode_spans(z, 1.0, 40.0)[0, 2].item() == pytest.approx(best)
+        capped = decode_spans(z, 1.0, 40.0, max_frames=3)
+        assert ((capped[:, 1] - capped[:, 0]) <= 3).all()
+        assert capped[0, 2].item() == pytest.approx(max(z[a:b].sum().item() for a in range(40)
+                                                        for b in range(a + 1, min(a + 3, 40) + 1)))
+    # the last window ends at the recording's duration, never past it
+    assert decode_spans(torch.ones(7, dtype=torch.float64), 1.5, 10.0)[0, :2].tolist() == [0.0, 10.0]
+
+
+def test_dual_prior_is_the_dual_frame_similarity_and_training_matches_inference():
+    """prior: dual with the head's output zeroed gives exactly a * cos(dual_audio(pooled frames), dual_text(q)),
+    and the training path (pair_outputs on a crop) gives the index path's logits for the same frames."""
+    from coattn.features import SequenceFeatures
+    from coattn.moments.model import MomentModel, RecordingIndex
+
+    mm = MomentModel(tiny_model(), prior="dual", prior_window=1.0, prior_scale=7.0).eval()
+    m = mm.model
+    t = mm.num_frames
+    frames = torch.randn(t, m.audio_encoder.out_dim)
+    index = RecordingIndex(frames, mm.frame_seconds, t * mm.frame_seconds)
+    with torch.no_grad():
+        last = mm.head.mlp[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+        feats = m.encode_text(["a dog"])
+        logits, _ = mm.frame_logits(index, feats)
+        k = max(1, round(1.0 / mm.frame_seconds)) | 1
+        x = torch.nn.functional.pad(frames.T[None], (k // 2, k // 2))[0]  # mean pooling for HTS-AT, no pad counted
+        cnt = torch.nn.functional.pad(torch.ones(1, t), (k // 2, k // 2))[0]
+        pooled = torch.stack([x[:, i:i + k].sum(1) / cnt[i:i + k].sum() for i in range(t)])
+        want = 7.0 * (m.dual_audio(pooled) @ m.dual_embed_text(feats)[0])
+        assert torch.allclose(logits, want, atol=1e-5)
+        # training path: the same frames as a crop of a batch, with the head as trained
+        torch.nn.init.normal_(last.weight)
+        index_logits, _ = mm.frame_logits(index, feats)
+        crop = SequenceFeatures(frames[None], torch.ones(1, t, dtype=torch.bool), frames.mean(0, keepdim=True))
+        idx = torch.zeros(1, dtype=torch.long)
+        train_logits, _ = mm.pair_outputs(crop, feats, idx, idx[:, None])
+    assert torch.allclose(train_logits[0], index_logits, atol=1e-4)
+    with pytest.raises(ValueError, match="prior"):
+        MomentModel(tiny_model(), prior="clap")
+    with pytest.raises(ValueError, match="decode"):
+        MomentModel(tiny_model(), decode="detr")
+
+
+def test_checkpoints_without_the_decode_key_keep_their_decoder():
+    from coattn.train.moments import build_moment_model
+
+    hp = {"audio_encoder": {"class_path": "coattn.encoders.ClapAudioEncoder",
+                            "init_args": {"config": "HTSAT-mini", "spec_augment": False}},
+          "text_encoder": {"class_path": "coattn.encoders.TinyTextEncoder",
+                           "init_args": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
+                                         "vocab_size": 300}},
+          "cascade": {"class_path": "coattn.coattention.CoAttentionCascade",
+                      "init_args": {"kind": "iterating", "depth": 1, "width": 32, "heads": 2, "ffn_dim": 64}},
+          "embed_dim": 32}
+    assert build_moment_model(hp).decode == "frames" and build_moment_model(hp).prior == "none"
+    assert build_moment_model(hp | {"decode": "spans", "prior": "dual"}).decode == "spans"

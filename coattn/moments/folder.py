@@ -2,7 +2,8 @@
 tokenizer, card) plus the moment part:
 
     moment.json          MomentModel's arguments (hidden, nms_iou, top_k, dual_spans, stream, stream_width,
-                         index_hop) and the head's format
+                         index_hop, decode,
+                         max_window, prior, prior_window) and the head's format
     moment.safetensors   the weights outside the CoAttnModel (``head.*``, and ``film.*`` for ``stream: dual``)
 
 ``load_moment_folder(folder)`` gives the MomentModel back (``coattn localize --model FOLDER``, ``coattn serve``).
@@ -27,7 +28,8 @@ def moment_args(mm: MomentModel) -> dict:
     hidden = mm.head.mlp[0].out_features
     return {"hidden": hidden, "nms_iou": mm.nms_iou, "top_k": mm.top_k, "dual_spans": list(mm.dual_spans),
             "stream": mm.stream, "stream_width": getattr(getattr(mm, "film", None), "width", 256),
-            "index_hop": mm.index_hop, "format": FORMAT}
+            "index_hop": mm.index_hop, "decode": mm.decode, "max_window": mm.max_window, "prior": mm.prior,
+            "prior_window": mm.prior_window, "format": FORMAT}
 
 
 def is_moment_folder(path: str | os.PathLike) -> bool:
@@ -58,6 +60,7 @@ def load_moment_folder(folder: str | os.PathLike, map_location: str | torch.devi
         raise CheckpointError(f"{folder / MOMENT_CONFIG}: not a {FORMAT} file")
     model = CoAttnModel.from_pretrained(str(folder), map_location="cpu")
     args["dual_spans"] = tuple(args["dual_spans"])
+    args.setdefault("decode", "frames")  # folders from before the key: their decoder
     mm = MomentModel(model, **args)
     missing, unexpected = mm.load_state_dict(load_file(str(folder / MOMENT_WEIGHTS)), strict=False)
     missing = [k for k in missing if not k.startswith("model.")]

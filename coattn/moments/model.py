@@ -18,7 +18,8 @@ from torch import nn
 
 from coattn.features import SequenceFeatures
 from coattn.moments.head import FilmFrames, MomentHead
-from coattn.moments.windows import crop_starts, decode_frames, span_means, span_proposals, stitch, temporal_nms
+from coattn.moments.windows import (crop_starts, decode_frames, decode_spans, span_means, span_proposals, stitch,
+                                    temporal_nms)
 
 
 @dataclass
@@ -33,14 +34,27 @@ class RecordingIndex:
 class MomentModel(nn.Module):
     """``stream``: what the head reads. ``cascade``: the iterating cascade's text-conditioned frames;
     ``dual``: the tower's frames FiLM-modulated by the query's pooled vector (``FilmFrames``, no co-attention,
-    width ``stream_width``). ``index_hop``: seconds between the sliding tower's crops (None: half its input)."""
+    width ``stream_width``). ``index_hop``: seconds between the sliding tower's crops (None: half its input).
+
+    ``decode``: ``spans`` (every span up to ``max_window`` seconds, None: any, scored by the sum of its frames'
+    relevance logits: ``decode_spans``) or ``frames`` (each frame proposes its regressed boundaries).
+    ``prior``: ``dual`` adds the dual branch's frame similarity to the relevance logits,
+    ``z_t = head_t + a * cos(dual_audio(pool of the frames within prior_window/2 of t), dual_text(query))`` with a
+    learnt (init ``prior_scale``): the head learns what the dual misses (residual), as the time-binding branch
+    does for clip scores; ``none``: the head alone."""
 
     def __init__(self, model: nn.Module, hidden: int | None = None, nms_iou: float = 0.7, top_k: int = 10,
                  dual_spans: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0), stream: str = "cascade",
-                 stream_width: int = 256, index_hop: float | None = None):
+                 stream_width: int = 256, index_hop: float | None = None, decode: str = "spans",
+                 max_window: float | None = None, prior: str = "none", prior_window: float = 1.0,
+                 prior_scale: float = 10.0):
         super().__init__()
         if stream not in ("cascade", "dual"):
             raise ValueError(f"stream must be 'cascade' or 'dual', not {stream!r}")
+        if decode not in ("spans", "frames"):
+            raise ValueError(f"decode must be 'spans' or 'frames', not {decode!r}")
+        if prior not in ("none", "dual"):
+            raise ValueError(f"prior must be 'none' or 'dual', not {prior!r}")
         if stream == "cascade" and getattr(model.cascade, "kind", None) != "iterating":
             raise ValueError("the moment head reads the iterating cascade's text-conditioned audio stream: "
                              "set model.cascade.init_args.kind: iterating (or model.stream: dual)")
@@ -51,6 +65,9 @@ class MomentModel(nn.Module):
         self.head = MomentHead(model.cascade.width if stream == "cascade" else stream_width, hidden)
         self.nms_iou, self.top_k, self.dual_spans = nms_iou, top_k, tuple(dual_spans)
         self.index_hop = index_hop
+        self.decode, self.max_window, self.prior, self.prior_window = decode, max_window, prior, prior_window
+        if prior == "dual":
+            self.prior_scale = nn.Parameter(torch.tensor(float(prior_scale)))
 
     # ---- the tower's time line ---------------------------------------------------------------
     @property
@@ -92,13 +109,35 @@ class MomentModel(nn.Module):
         m = self.model
         if self.stream == "dual":
             a = audio_feats.index(inv[:, 0])
-            return self.head(self.film(a.states, a.mask, text_feats.pooled[rows]))
-        text = m.prepare_text(text_feats)
-        audio = m.prepare_audio(audio_feats)
-        stage = m.cascade.clip_stage(audio, torch.unique(inv))
-        _, remap = torch.unique(inv, return_inverse=True)
-        frames = m.cascade.pair_frames(text, rows, stage, remap)
-        return self.head(frames)
+            logits, offsets = self.head(self.film(a.states, a.mask, text_feats.pooled[rows]))
+        else:
+            text = m.prepare_text(text_feats)
+            audio = m.prepare_audio(audio_feats)
+            stage = m.cascade.clip_stage(audio, torch.unique(inv))
+            _, remap = torch.unique(inv, return_inverse=True)
+            logits, offsets = self.head(m.cascade.pair_frames(text, rows, stage, remap))
+        if self.prior == "dual":
+            cols = inv[:, :1] if self.stream == "dual" else inv  # the pairs the head scored
+            a = audio_feats.index(cols.reshape(-1))
+            q = m.dual_embed_text(text_feats)[rows.repeat_interleave(cols.shape[1])]
+            logits = logits + self.prior_logits(a.states, a.mask, q).reshape(logits.shape)
+        return logits, offsets
+
+    def prior_logits(self, frames: torch.Tensor, mask: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """``a * cos(dual_audio(pooled frames around t), query)``: frames (B, T, D), mask (B, T), query (B, E)
+        dual text embeddings -> (B, T). Each frame's neighbourhood (``prior_window`` s) is pooled as the tower
+        pools a clip (max for aisfx, else mean), so the dual audio head sees the kind of vector it was trained on."""
+        k = max(1, int(round(self.prior_window / self.frame_seconds))) | 1  # odd: centred on the frame
+        x = frames.float().masked_fill(~mask[..., None], float("-inf") if self.frame_pooling == "max" else 0.0)
+        x = x.transpose(1, 2)  # (B, D, T)
+        if self.frame_pooling == "max":
+            pooled = torch.nn.functional.max_pool1d(x, k, 1, k // 2)
+        else:
+            pooled = torch.nn.functional.avg_pool1d(x, k, 1, k // 2, count_include_pad=False)
+        pooled = pooled.transpose(1, 2).masked_fill(~mask[..., None], 0.0)  # padding: any finite vector
+        b, t, d = pooled.shape
+        emb = self.model.dual_audio(pooled.reshape(b * t, d)).reshape(b, t, -1)
+        return self.prior_scale * torch.einsum("bte,be->bt", emb, query.to(emb.dtype))
 
     # ---- inference ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -124,12 +163,26 @@ class MomentModel(nn.Module):
     def frame_scores(self, index: RecordingIndex, query: str | SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """Relevance probabilities (F,) and boundary offsets in seconds (F, 2) of a query (a string, or its
         token features) over the index."""
-        m, t = self.model, self.num_frames
+        logits, offsets = self.frame_logits(index, query)
+        return torch.sigmoid(logits), offsets
+
+    @torch.no_grad()
+    def frame_logits(self, index: RecordingIndex, query: str | SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """Relevance logits (F,) (the prior included) and boundary offsets in seconds (F, 2) over the index."""
+        m = self.model
         feats = m.encode_text([query]) if isinstance(query, str) else query
+        logits, offsets = self._head_logits(index, feats)
+        if self.prior == "dual":
+            mask = torch.ones(1, index.frames.shape[0], dtype=torch.bool, device=index.frames.device)
+            logits = logits + self.prior_logits(index.frames[None], mask, m.dual_embed_text(feats)[:1])[0]
+        return logits, offsets
+
+    def _head_logits(self, index: RecordingIndex, feats: SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        m, t = self.model, self.num_frames
         if self.stream == "dual":  # frames are independent: the whole index at once
             mask = torch.ones(1, index.frames.shape[0], dtype=torch.bool, device=index.frames.device)
             logits, offsets = self.head(self.film(index.frames[None], mask, feats.pooled[:1]))
-            return torch.sigmoid(logits[0]), offsets[0] * index.frame_seconds
+            return logits[0], offsets[0] * index.frame_seconds
         text = m.prepare_text(feats)
         total = index.frames.shape[0]
         starts = crop_starts(total, t, max(1, t // 2))
@@ -141,13 +194,18 @@ class MomentModel(nn.Module):
         inv = torch.arange(len(starts), device=chunks.device)[None, :]
         logits, offsets = self.head(m.cascade.pair_frames(text, rows, stage, inv))  # (n, T'), (n, T', 2)
         both = stitch(torch.cat([logits[..., None], offsets], -1), starts, total)
-        return torch.sigmoid(both[:, 0]), both[:, 1:] * index.frame_seconds
+        return both[:, 0], both[:, 1:] * index.frame_seconds
 
     @torch.no_grad()
     def localize(self, index: RecordingIndex, query: str | SequenceFeatures, top_k: int | None = None) -> torch.Tensor:
-        prob, off = self.frame_scores(index, query)
-        props = decode_frames(prob.double(), off[:, 0].double(), off[:, 1].double(), index.frame_seconds,
-                              index.duration)
+        """The query's best windows in the index: (<= top_k, 3) [start s, end s, score], by ``decode``."""
+        logits, off = self.frame_logits(index, query)
+        if self.decode == "spans":
+            max_frames = None if self.max_window is None else max(1, int(round(self.max_window / index.frame_seconds)))
+            return decode_spans(logits.double(), index.frame_seconds, index.duration, max_frames, self.nms_iou,
+                                top_k or self.top_k)
+        props = decode_frames(torch.sigmoid(logits).double(), off[:, 0].double(), off[:, 1].double(),
+                              index.frame_seconds, index.duration)
         return temporal_nms(props, self.nms_iou, top_k or self.top_k)
 
     @torch.no_grad()

@@ -36,20 +36,18 @@ def stitch(chunks: torch.Tensor, starts: list[int], total: int) -> torch.Tensor:
 
 def temporal_nms(windows: torch.Tensor, iou_threshold: float = 0.7, max_keep: int = 10) -> torch.Tensor:
     """Greedy NMS of (N, 3) [start, end, score] rows: the best first, then drop the rows that overlap a kept
-    one with IoU > threshold. Returns the kept rows by descending score (at most ``max_keep``)."""
+    one with IoU > threshold. Returns the kept rows by descending score (at most ``max_keep``).
+    One IoU row per kept window (O(max_keep N)), never the N x N matrix: span decoding proposes every span."""
     if windows.numel() == 0:
         return windows.reshape(0, 3)
     windows = windows[torch.sort(windows[:, 2], descending=True, stable=True).indices]
-    iou = iou_cross(windows[:, :2], windows[:, :2])
     alive = torch.ones(len(windows), dtype=torch.bool, device=windows.device)
     keep = []
-    for i in range(len(windows)):  # at most max_keep kept rows; each drops its overlaps in one op
-        if not alive[i]:
-            continue
+    while len(keep) < max_keep and bool(alive.any()):
+        i = int(alive.to(torch.uint8).argmax())  # the best window still alive
         keep.append(i)
-        if len(keep) == max_keep:
-            break
-        alive &= ~(iou[i] > iou_threshold)
+        alive &= ~(iou_cross(windows[i:i + 1, :2], windows[:, :2])[0] > iou_threshold)
+        alive[i] = False
     return windows[keep]
 
 
@@ -61,6 +59,23 @@ def decode_frames(prob: torch.Tensor, left: torch.Tensor, right: torch.Tensor, f
     end = (centre + right).clamp(0, duration)
     end = torch.maximum(end, (start + frame_seconds).clamp(max=duration))
     return torch.stack([start, end, prob], dim=1)
+
+
+def decode_spans(logits: torch.Tensor, frame_seconds: float, duration: float, max_frames: int | None = None,
+                 iou_threshold: float = 0.7, max_keep: int = 10) -> torch.Tensor:
+    """Every span of 1..``max_frames`` frames (None: any length), scored by the sum of the relevance logits z_t
+    inside it, NMS'd: (<= max_keep, 3) [start s, end s, score].
+
+    Why the sum: if frames are independently inside (p_t = sigmoid(z_t)), the log-likelihood of "the window
+    is exactly [a, b)" against "there is no window" is sum_{a <= t < b} log p_t/(1 - p_t) = sum z_t; the best
+    span is the maximum-sum run of frames, its edges where the relevance crosses 1/2. No threshold to tune,
+    and the span's length follows the relevance instead of a regressed offset."""
+    n = len(logits)
+    spans = span_proposals(n, list(range(1, min(max_frames or n, n) + 1))).to(logits.device)
+    c = torch.cat([logits.new_zeros(1), logits.cumsum(0)])
+    score = c[spans[:, 1]] - c[spans[:, 0]]
+    props = torch.stack([spans[:, 0] * frame_seconds, (spans[:, 1] * frame_seconds).clamp(max=duration), score], 1)
+    return temporal_nms(props, iou_threshold, max_keep)
 
 
 def span_proposals(num_frames: int, lengths: list[int], hop: int = 1) -> torch.Tensor:

@@ -57,6 +57,10 @@ class MomentRetrieval(pl.LightningModule):
                       ``model.*`` weights that fit are loaded (the dual heads at least)
         freeze_dual   keep the dual heads as loaded (no gradient, BatchNorm in eval): the baseline row is
                       then the zero-shot sliding-window dual encoder, never trained on moments
+        decode        spans (every span up to max_window s scored by its summed relevance logits) | frames
+                      (each frame's regressed boundaries, the first round's decoder)
+        prior         dual: relevance logits start from the dual branch's frame similarity (prior_window s
+                      pooled around each frame, scaled by a learnt factor initialised at prior_scale) | none
     """
 
     def __init__(self, audio_encoder: nn.Module, text_encoder: nn.Module, cascade: CoAttentionCascade,
@@ -66,12 +70,15 @@ class MomentRetrieval(pl.LightningModule):
                  dual_spans: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0), lr: float = 1e-3, weight_decay: float = 0.01,
                  contrastive_weight: float = 1.0, offset_weight: float = 1.0, stream: str = "cascade",
                  stream_width: int = 256, index_hop: float | None = None, feature_cache: str | None = None,
-                 init_from: str | None = None, freeze_dual: bool = False):
+                 init_from: str | None = None, freeze_dual: bool = False, decode: str = "spans",
+                 max_window: float | None = None, prior: str = "none", prior_window: float = 1.0,
+                 prior_scale: float = 10.0):
         super().__init__()
         self.save_hyperparameters()
         model = CoAttnModel(audio_encoder, text_encoder, cascade, embed_dim=embed_dim, temperature=temperature,
                             feature_norm=feature_norm, dual_pooling=dual_pooling, dual_projection=dual_projection)
-        self.mm = MomentModel(model, hidden, nms_iou, top_k, tuple(dual_spans), stream, stream_width, index_hop)
+        self.mm = MomentModel(model, hidden, nms_iou, top_k, tuple(dual_spans), stream, stream_width, index_hop,
+                              decode, max_window, prior, prior_window, prior_scale)
         self.lr, self.weight_decay = lr, weight_decay
         self.contrastive_weight, self.offset_weight = contrastive_weight, offset_weight
         self._eval: dict[str, list] = {}
@@ -279,7 +286,10 @@ def build_moment_model(hparams: dict[str, Any]) -> MomentModel:
                         dual_projection=hparams.get("dual_projection", "linear"))
     return MomentModel(model, hparams.get("hidden"), hparams.get("nms_iou", 0.7), hparams.get("top_k", 10),
                        tuple(hparams.get("dual_spans", (1.0, 2.0, 4.0, 8.0))), hparams.get("stream", "cascade"),
-                       hparams.get("stream_width", 256), hparams.get("index_hop"))
+                       hparams.get("stream_width", 256), hparams.get("index_hop"),
+                       hparams.get("decode", "frames"),  # checkpoints from before the key: their decoder
+                       hparams.get("max_window"), hparams.get("prior", "none"), hparams.get("prior_window", 1.0),
+                       hparams.get("prior_scale", 10.0))
 
 
 def run(args: list[str]) -> int:

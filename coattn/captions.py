@@ -152,3 +152,24 @@ def change_count(caption: str, rng: random.Random | None = None) -> str | None:
     new = rng.choice(sorted(others))
     new = _match_case(new, m.group(0))
     return caption[: m.start()] + new + caption[m.end():]
+
+
+def add_count(caption: str, phrases: list[tuple[int, int, int]], counts: dict[int, int],
+              rng: random.Random | None = None) -> str | None:
+    """The caption with a count added to an event heard once: " twice" after the words naming it
+    (``phrases``: (event, char start, char end) per word, from a scene's metadata, ``coattn.scenes.phrase_spans``;
+    neighbouring words of one event are one name: "a vacuum cleaner twice", not "a vacuum twice cleaner";
+    ``counts``: occurrences per event). A text rewrite alone cannot make this variant (nothing marks a bare
+    "a cuckoo" as one occurrence); the event timings can. None when no named event is heard exactly once, or
+    its name is already followed by a count word."""
+    runs: list[list[int]] = []
+    for e, a, z in sorted((e, a, z) for e, a, z in phrases if 0 <= a < z <= len(caption)):
+        if runs and runs[-1][0] == e and caption[runs[-1][2]:a].strip(" -") == "":
+            runs[-1][2] = z
+        else:
+            runs.append([e, a, z])
+    once = [(a, z) for e, a, z in runs if counts.get(e) == 1 and not _COUNT.match(caption[z:].lstrip())]
+    if not once:
+        return None
+    _, z = (rng or random.Random(0)).choice(sorted(once))
+    return caption[:z] + " twice" + caption[z:]

@@ -156,6 +156,8 @@ class RetrievalLoss:
                               count changed (more rows of its softmax)
         + swap_negatives      a caption that states an order also ranks its own clip with its event
                               segments reversed at the event boundaries (needs event timings)
+        + count_negatives     (with caption_negatives) the count variant may add a count to an event
+                              heard once, from the timings: "a cuckoo" -> "a cuckoo twice"
         residual_lambda > 0   every pair logit is (s_pair + lambda_r * sg(s_dual)) / tau: the cascade
                               learns what the dual misses (``local`` or ``hard``)
         + grounding_weight * L_ground   the positive pairs' cross-attention taught event timings
@@ -171,6 +173,8 @@ class RetrievalLoss:
             ``cascade.positions``).
         caption_negatives: add the rewritten-caption negatives.
         swap_negatives: add the event-swapped clip negatives (``SceneEvents`` needed; else no effect).
+        count_negatives: with ``caption_negatives`` and event timings, half of the count variants give an
+            event heard once a count ("a cuckoo" -> "a cuckoo twice", ``coattn.captions.add_count``).
         residual_lambda: lambda_r of the residual pair logits (0: off); evaluation fuses with it too.
         grounding_weight: weight of the attention grounding term (0: off; needs ``SceneEvents``).
         seed: of the random negatives and rotations (drawn afresh each step).
@@ -183,6 +187,7 @@ class RetrievalLoss:
     time_negatives: bool = False
     caption_negatives: bool = False
     swap_negatives: bool = False
+    count_negatives: bool = False
     residual_lambda: float = 0.0
     grounding_weight: float = 0.0
     seed: int = 0
@@ -293,7 +298,8 @@ def pair_logits(cfg: RetrievalLoss, model, text_p, audio_p, audio: SequenceFeatu
         usable = order_items(captions).to(dev) & torch.tensor([bool(c) for c in cuts], device=dev)
         extra_t2a.append(s.masked_fill(~usable, float("-inf"))[:, None])
     if cfg.caption_negatives and captions is not None:  # clip b against its caption rewritten
-        texts, owners = caption_variants(captions, int(torch.randint(1 << 30, (1,), generator=gen)))
+        texts, owners = caption_variants(captions, int(torch.randint(1 << 30, (1,), generator=gen)),
+                                         events if cfg.count_negatives else None)
         if texts:
             owner = torch.tensor(owners, device=dev)
             feats = model.encode_text(texts)

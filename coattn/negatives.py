@@ -18,7 +18,7 @@ import random
 
 import torch
 
-from coattn.captions import change_count, has_order_cue, reverse_order
+from coattn.captions import add_count, change_count, has_order_cue, reverse_order
 from coattn.features import SequenceFeatures
 
 
@@ -65,12 +65,19 @@ def order_items(captions: list[str]) -> torch.Tensor:
     return torch.tensor([has_order_cue(c) for c in captions], dtype=torch.bool)
 
 
-def caption_variants(captions: list[str], seed: int = 0) -> tuple[list[str], list[int]]:
-    """Rewritten captions (reverse order, changed count) and the item each one belongs to."""
+def caption_variants(captions: list[str], seed: int = 0, events=None) -> tuple[list[str], list[int]]:
+    """Rewritten captions (reverse order, changed count) and the item each one belongs to. With ``events``
+    (the batch's ``SceneEvents``: count negatives from timings), the count variant is, half of the time or
+    when no explicit count exists, an event heard once given a count (``add_count``: "a cuckoo" -> "a cuckoo
+    twice"), the variant a text rewrite cannot make."""
     rng = random.Random(seed)
     texts, owners = [], []
     for i, c in enumerate(captions):
-        for variant in (reverse_order(c), change_count(c, rng)):
+        count = change_count(c, rng)
+        if events is not None and i < len(events) and (count is None or rng.random() < 0.5):
+            ev = [int(e) for e in events.times[i, :, 0].tolist() if e >= 0]
+            count = add_count(c, events.phrases[i], {e: ev.count(e) for e in set(ev)}, rng) or count
+        for variant in (reverse_order(c), count):
             if variant:
                 texts.append(variant)
                 owners.append(i)

@@ -292,3 +292,60 @@ def test_freeze_dual_keeps_the_dual_branch_exactly_as_stage_one_left_it():
     stats = free.model.dual_audio.norm.running_mean.clone()
     free.loss(free.model, audio, text, clips, clips)
     assert not torch.equal(free.model.dual_audio.norm.running_mean, stats)
+
+
+# ---- 4. count negatives from the timings ---------------------------------------------------------------------
+def test_add_count_gives_an_event_heard_once_a_count():
+    import random
+
+    from coattn.captions import add_count
+
+    caption = "A dog barks twice, then a cuckoo."
+    phrases = [(0, 2, 5), (1, 24, 32)]  # "dog", "a cuckoo"
+    assert caption[24:32] == "a cuckoo"
+    assert add_count(caption, phrases, {0: 2, 1: 1}) == "A dog barks twice, then a cuckoo twice."
+    assert add_count(caption, phrases, {0: 2, 1: 2}) is None  # no event heard once
+    assert add_count("A dog once, then a cow.", [(0, 2, 5)], {0: 1}) is None  # already counted
+    # random choice among the events heard once; never past the caption's end
+    two = "A bell, then a drum."
+    outs = {add_count(two, [(0, 0, 6), (1, 13, 19)], {0: 1, 1: 1}, random.Random(s)) for s in range(20)}
+    assert outs == {"A bell twice, then a drum.", "A bell, then a drum twice."}
+    assert add_count(two, [(0, 0, 99)], {0: 1}) is None
+    # the words of one name are one run: the count goes after the whole name
+    vac = "A vacuum cleaner, then a dog."
+    assert add_count(vac, [(0, 2, 8), (0, 9, 16), (1, 25, 28)], {0: 1, 1: 2}) == "A vacuum cleaner twice, then a dog."
+
+
+def test_count_negatives_use_the_timings_only_when_asked():
+    from coattn.negatives import caption_variants
+
+    captions = ["a beep then a bell", "a hum twice then a drum"]
+    times = torch.tensor([[[0, 0.0, 0.2], [1, 0.5, 0.7], [-1, -1, -1]],
+                          [[0, 0.0, 0.2], [0, 0.3, 0.4], [1, 0.6, 0.8]]])
+    events = SceneEvents(times, [[(0, 0, 6), (1, 12, 18)], [(0, 0, 5), (1, 17, 23)]])
+    plain, owners = caption_variants(captions, seed=0)
+    assert not any("twice" in t for t, o in zip(plain, owners) if o == 0)  # a rewrite cannot count a bare event
+    seen = set()
+    for seed in range(10):
+        texts, owners = caption_variants(captions, seed=seed, events=events)
+        seen |= {t for t, o in zip(texts, owners) if o == 0}
+        # caption 1: "hum" is heard twice (no count added to it); "a drum" once may get one
+        assert all(t in ("a drum then a hum twice", "a hum once then a drum", "a hum three times then a drum",
+                         "a hum twice then a drum twice") for t, o in zip(texts, owners) if o == 1)
+    assert {"a beep twice then a bell", "a beep then a bell twice"} <= seen
+
+
+def test_count_negatives_reach_the_loss(monkeypatch):
+    import coattn.loss as loss
+
+    calls = []
+    real = loss.caption_variants
+    monkeypatch.setattr(loss, "caption_variants", lambda c, s, e=None: calls.append(e) or real(c, s, e))
+    text, audio, clips = batch()
+    m = model()
+    events = SceneEvents(torch.tensor([[[0, 0.0, 0.4], [1, 0.6, 1.0]]] * 4), [[(0, 0, 6)]] * 4)
+    dual_t, dual_a = m.dual_embed_text(text), m.dual_embed_audio(audio)
+    for flag in (False, True):
+        pair_logits(RetrievalLoss(caption_negatives=True, count_negatives=flag), m, m.prepare_text(text),
+                    m.prepare_audio(audio), audio, dual_t, dual_a, clips, clips, clips, None, CAPTIONS, events)
+    assert calls[0] is None and calls[1] is events

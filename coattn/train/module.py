@@ -145,10 +145,10 @@ class CoAttnRetrieval(pl.LightningModule):
                 out.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(out, state)
         dm = getattr(self.trainer, "datamodule", None)
-        wants_events = self.loss.swap_negatives or self.loss.grounding_weight > 0
+        wants_events = self.loss.swap_negatives or self.loss.grounding_weight > 0 or self.loss.count_negatives
         if stage == "fit" and wants_events and self.model.has_pairwise:
             if not (hasattr(dm, "set_scene_events") and dm.set_scene_events(True)):
-                log.warning("model.loss swap_negatives / grounding_weight: no event timings for the training clips "
+                log.warning("model.loss swap_negatives / grounding_weight / count_negatives: no event timings for the training clips "
                             "(<root>/synth_metadata.json with occurrences): those terms are off")
         if self.feature_cache:  # per trainer: its strategy (ranks) and data module
             if dm is None or not hasattr(dm, "set_load_audio"):

@@ -195,7 +195,7 @@ def test_moment_model_shows_the_found_window_on_each_waveform(moment_server, bro
                for i in images)
     windows = [" ".join(e.text.split()) for e in browser.find_elements(By.CSS_SELECTOR, ".prose.coattn-window")
                if e.is_displayed()]
-    assert len(windows) == 2 and all(re.fullmatch(r"moment \d+:\d\d\.\d - \d+:\d\d\.\d \(p = \d\.\d\d\)", w)
+    assert len(windows) == 2 and all(re.fullmatch(r"moment \d+:\d\d\.\d - \d+:\d\d\.\d \(score = -?\d+\.\d\d\)", w)
                                      for w in windows), windows
     # the window shown is `coattn localize`'s best window of that clip, for the same model and query
     first = shown_hits(browser)[0][1]

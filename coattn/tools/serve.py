@@ -89,7 +89,7 @@ def build_app(model, index, audio_dir: Path, top_k: int = 5, mode: str = "rerank
         from coattn.tools.localize import clock
 
         image, best = moments.image(audio_dir / name, query)
-        text = "no window" if best is None else f"moment **{clock(best[0])} - {clock(best[1])}** (p = {best[2]:.2f})"
+        text = "no window" if best is None else f"moment **{clock(best[0])} - {clock(best[1])}** (score = {best[2]:.2f})"
         return [gr.Markdown(text, visible=True), gr.Image(value=image, visible=True)]
 
     kind = model.cascade.kind

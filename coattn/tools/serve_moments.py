@@ -75,7 +75,7 @@ class MomentView:
         if best is not None:
             s, e, score = best
             ax.axvspan(s, e, color="#f2a541", alpha=0.45, linewidth=0)
-            ax.set_title(f"\u201c{query}\u201d: {clock(s)} - {clock(e)} (p = {score:.2f})", fontsize=9)
+            ax.set_title(f"\u201c{query}\u201d: {clock(s)} - {clock(e)} (score = {score:.2f})", fontsize=9)
         ax.set_xlim(0, len(wave) / sr)
         ax.set_xlabel("seconds", fontsize=8)
         ax.set_yticks([])

@@ -34,11 +34,11 @@ variant() {  # $1 name, rest: overrides of $CFG. A finished variant (metrics.jso
 }
 mkdir -p "$OUT"
 variant recipe                                           # experiments/real/coattn.yaml as it is (all levers)
+variant count_negatives $L.count_negatives=true       # one lever ON: a count added to an event heard once
 variant no_grounding $L.grounding_weight=0.0             # one lever off at a time
 variant no_swap $L.swap_negatives=false
 variant no_twin_batches $D.twin_batches=false
 variant no_residual $L.residual_lambda=0.0 --model.freeze_dual=false   # the cascade learns the whole score
-variant count_negatives $L.count_negatives=true       # one lever ON: a count added to an event heard once
 variant local_bxb $L.pair_negatives=local                # every in-batch pair instead of mined ones (B^2 passes)
 # the previous round's recipe (B x B, rewritten captions, fusion chosen on validation), nothing aimed at twins
 variant previous_recipe $L.residual_lambda=0.0 --model.freeze_dual=false $L.pair_negatives=local \

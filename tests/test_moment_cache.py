@@ -141,8 +141,13 @@ def test_init_from_loads_the_dual_heads_and_freeze_keeps_them(tmp_path):
         load_initial(tiny_model(), str(tmp_path / "none.ckpt"))
     m = tiny_model()
     lm = MomentRetrieval(m.audio_encoder, m.text_encoder, m.cascade, embed_dim=32, init_from=str(ckpt),
-                         freeze_dual=True).train()
+                         freeze_dual=True, prior="dual")
+    # eval from construction: Lightning 2 starts fitting in the modes it finds (it never calls .train()) and
+    # restores them after validation by setting .training; a frozen dual in train mode once let the prior's
+    # training steps move its BatchNorm statistics, and with them the zero-shot baseline row
     dual = lm.mm.model.dual_audio
+    assert not dual.training and not lm.mm.model.dual_text.training
+    lm.train()
     assert not any(p.requires_grad for p in dual.parameters()) and not dual.training
     assert lm.mm.head.training and (dual.proj.weight == 0.25).all()
 

@@ -95,8 +95,8 @@ class MomentRetrieval(pl.LightningModule):
         if init_from:
             self.loaded = load_initial(self.mm.model, init_from)
         self.frozen_dual = [model.dual_audio, model.dual_text, model.dual_temperature] if freeze_dual else []
-        for part in self.frozen_dual:
-            part.requires_grad_(False)
+        for part in self.frozen_dual:  # eval from the start: Lightning records each module's mode when fitting
+            part.requires_grad_(False).train(False)  # starts and restores it after validation, without .train()
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -222,3 +222,39 @@ def test_checkpoints_without_the_decode_key_keep_their_decoder():
           "embed_dim": 32}
     assert build_moment_model(hp).decode == "frames" and build_moment_model(hp).prior == "none"
     assert build_moment_model(hp | {"decode": "spans", "prior": "dual"}).decode == "spans"
+
+
+def test_context_longer_than_the_tower_window_is_one_attention_span():
+    """model.context: the cascade sees `context` seconds at once; on an index no longer than that, evaluation is
+    one chunk and equals the training path on the same frames (one crop of context_frames)."""
+    from coattn.features import SequenceFeatures
+    from coattn.moments.model import MomentModel, RecordingIndex
+
+    mm = MomentModel(tiny_model(), context=25.0).eval()
+    n = mm.context_frames
+    assert n == round(25.0 / mm.frame_seconds) and n > mm.num_frames
+    frames = torch.randn(n, mm.model.audio_encoder.out_dim)
+    index = RecordingIndex(frames, mm.frame_seconds, n * mm.frame_seconds)
+    with torch.no_grad():
+        feats = mm.model.encode_text(["a dog, then a fox"])
+        logits, _ = mm.frame_logits(index, feats)
+        crop = SequenceFeatures(frames[None], torch.ones(1, n, dtype=torch.bool), frames.mean(0, keepdim=True))
+        idx = torch.zeros(1, dtype=torch.long)
+        train_logits, _ = mm.pair_outputs(crop, feats, idx, idx[:, None])
+        assert torch.allclose(train_logits[0], logits, atol=1e-4)
+        # the default context (the tower's window) chunks the same index: another function of the frames
+        short = MomentModel(mm.model, context=None).eval()
+        short.head.load_state_dict(mm.head.state_dict())
+        assert not torch.allclose(short.frame_logits(index, feats)[0], logits, atol=1e-3)
+    with pytest.raises(ValueError, match="context"):
+        MomentModel(tiny_model(), context=0.0)
+
+
+def test_a_long_context_without_the_feature_cache_is_one_clear_error():
+    from coattn.errors import UserFacingError
+    from coattn.train.moments import MomentRetrieval
+
+    m = tiny_model()
+    with pytest.raises(UserFacingError, match="model.context 60.0 s is longer than the audio tower's window"):
+        MomentRetrieval(m.audio_encoder, m.text_encoder, m.cascade, embed_dim=32, context=60.0)
+    MomentRetrieval(m.audio_encoder, m.text_encoder, m.cascade, embed_dim=32, context=5.0)  # shorter: fine

@@ -125,10 +125,13 @@ class IndexCache:
             states[i, :len(r.mask)], mask[i, :len(r.mask)] = r.states, r.mask
         return SequenceFeatures(states, mask, torch.stack([r.pooled for r in rows]))
 
-    def crops(self, paths: Sequence[str | os.PathLike], starts: Sequence[float]) -> tuple[SequenceFeatures, torch.Tensor]:
-        """Training crops from the indices: ``num_frames`` frames from the frame nearest each start (seconds).
-        Returns the features (pooled as the tower pools its frames) and each crop's start in seconds."""
-        rows = [crop_frames(self.index(p), s, self.mm.num_frames) for p, s in zip(paths, starts)]
+    def crops(self, paths: Sequence[str | os.PathLike], starts: Sequence[float],
+              num_frames: int | None = None) -> tuple[SequenceFeatures, torch.Tensor]:
+        """Training crops from the indices: ``num_frames`` frames (default: the tower's) from the frame nearest
+        each start (seconds). Returns the features (pooled as the tower pools its frames) and each crop's start
+        in seconds."""
+        n = num_frames or self.mm.num_frames
+        rows = [crop_frames(self.index(p), s, n) for p, s in zip(paths, starts)]
         states = torch.stack([r[0] for r in rows])
         mask = torch.stack([r[1] for r in rows])
         return (SequenceFeatures(states, mask, self.mm.pool_frames(states, mask)),

@@ -3,7 +3,8 @@ tokenizer, card) plus the moment part:
 
     moment.json          MomentModel's arguments (hidden, nms_iou, top_k, dual_spans, stream, stream_width,
                          index_hop, decode,
-                         max_window, prior, prior_window) and the head's format
+                         max_window, prior, prior_window, context) and the
+                         head's format
     moment.safetensors   the weights outside the CoAttnModel (``head.*``, and ``film.*`` for ``stream: dual``)
 
 ``load_moment_folder(folder)`` gives the MomentModel back (``coattn localize --model FOLDER``, ``coattn serve``).
@@ -29,7 +30,7 @@ def moment_args(mm: MomentModel) -> dict:
     return {"hidden": hidden, "nms_iou": mm.nms_iou, "top_k": mm.top_k, "dual_spans": list(mm.dual_spans),
             "stream": mm.stream, "stream_width": getattr(getattr(mm, "film", None), "width", 256),
             "index_hop": mm.index_hop, "decode": mm.decode, "max_window": mm.max_window, "prior": mm.prior,
-            "prior_window": mm.prior_window, "format": FORMAT}
+            "prior_window": mm.prior_window, "context": mm.context, "format": FORMAT}
 
 
 def is_moment_folder(path: str | os.PathLike) -> bool:

@@ -41,13 +41,17 @@ class MomentModel(nn.Module):
     ``prior``: ``dual`` adds the dual branch's frame similarity to the relevance logits,
     ``z_t = head_t + a * cos(dual_audio(pool of the frames within prior_window/2 of t), dual_text(query))`` with a
     learnt (init ``prior_scale``): the head learns what the dual misses (residual), as the time-binding branch
-    does for clip scores; ``none``: the head alone."""
+    does for clip scores; ``none``: the head alone.
+    ``context``: seconds of index frames the cascade attends over at once (None: the tower's window). A query
+    such as "a kettle, then a hat" spans both events and the gap between them, often longer than the tower's
+    10 s: only a context that holds the whole span lets attention relate the two (training crops are then cut
+    from the cached index at this length; evaluation slides over the index in chunks of it, hop half)."""
 
     def __init__(self, model: nn.Module, hidden: int | None = None, nms_iou: float = 0.7, top_k: int = 10,
                  dual_spans: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0), stream: str = "cascade",
                  stream_width: int = 256, index_hop: float | None = None, decode: str = "spans",
                  max_window: float | None = None, prior: str = "none", prior_window: float = 1.0,
-                 prior_scale: float = 10.0):
+                 prior_scale: float = 10.0, context: float | None = None):
         super().__init__()
         if stream not in ("cascade", "dual"):
             raise ValueError(f"stream must be 'cascade' or 'dual', not {stream!r}")
@@ -66,6 +70,9 @@ class MomentModel(nn.Module):
         self.nms_iou, self.top_k, self.dual_spans = nms_iou, top_k, tuple(dual_spans)
         self.index_hop = index_hop
         self.decode, self.max_window, self.prior, self.prior_window = decode, max_window, prior, prior_window
+        if context is not None and not context > 0:
+            raise ValueError(f"context must be > 0 seconds (or None: the tower's window), not {context!r}")
+        self.context = context
         if prior == "dual":
             self.prior_scale = nn.Parameter(torch.tensor(float(prior_scale)))
 
@@ -97,6 +104,11 @@ class MomentModel(nn.Module):
         if self.frame_pooling == "max":
             return states.masked_fill(~mask[..., None], float("-inf")).amax(1)
         return (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+
+    @property
+    def context_frames(self) -> int:
+        """Frames the cascade sees at once: ``context`` seconds, or the tower's own frames."""
+        return self.num_frames if self.context is None else max(1, int(round(self.context / self.frame_seconds)))
 
     @property
     def frame_seconds(self) -> float:
@@ -178,7 +190,7 @@ class MomentModel(nn.Module):
         return logits, offsets
 
     def _head_logits(self, index: RecordingIndex, feats: SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        m, t = self.model, self.num_frames
+        m, t = self.model, self.context_frames
         if self.stream == "dual":  # frames are independent: the whole index at once
             mask = torch.ones(1, index.frames.shape[0], dtype=torch.bool, device=index.frames.device)
             logits, offsets = self.head(self.film(index.frames[None], mask, feats.pooled[:1]))

@@ -61,6 +61,8 @@ class MomentRetrieval(pl.LightningModule):
                       (each frame's regressed boundaries, the first round's decoder)
         prior         dual: relevance logits start from the dual branch's frame similarity (prior_window s
                       pooled around each frame, scaled by a learnt factor initialised at prior_scale) | none
+        context       seconds of index frames the cascade sees at once, in training crops and evaluation chunks
+                      (None: the tower's window; longer needs feature_cache)
     """
 
     def __init__(self, audio_encoder: nn.Module, text_encoder: nn.Module, cascade: CoAttentionCascade,
@@ -72,13 +74,17 @@ class MomentRetrieval(pl.LightningModule):
                  stream_width: int = 256, index_hop: float | None = None, feature_cache: str | None = None,
                  init_from: str | None = None, freeze_dual: bool = False, decode: str = "spans",
                  max_window: float | None = None, prior: str = "none", prior_window: float = 1.0,
-                 prior_scale: float = 10.0):
+                 prior_scale: float = 10.0, context: float | None = None):
         super().__init__()
         self.save_hyperparameters()
         model = CoAttnModel(audio_encoder, text_encoder, cascade, embed_dim=embed_dim, temperature=temperature,
                             feature_norm=feature_norm, dual_pooling=dual_pooling, dual_projection=dual_projection)
         self.mm = MomentModel(model, hidden, nms_iou, top_k, tuple(dual_spans), stream, stream_width, index_hop,
-                              decode, max_window, prior, prior_window, prior_scale)
+                              decode, max_window, prior, prior_window, prior_scale, context)
+        if context is not None and not feature_cache and self.mm.context_frames > self.mm.num_frames:
+            raise UserFacingError(f"model.context {context} s is longer than the audio tower's window: training "
+                                  "crops of that length are cut from the cached index, so set model.feature_cache "
+                                  "(frozen towers), or leave model.context unset")
         self.lr, self.weight_decay = lr, weight_decay
         self.contrastive_weight, self.offset_weight = contrastive_weight, offset_weight
         self._eval: dict[str, list] = {}
@@ -148,9 +154,10 @@ class MomentRetrieval(pl.LightningModule):
         m, b = self.mm.model, len(batch["queries"])
         windows = batch["windows"]
         if "paths" in batch:  # cached: crops of the indices; windows from recording to crop seconds
-            audio, t0 = self.cache.crops(batch["paths"], batch["starts"].tolist())
+            n = self.mm.context_frames
+            audio, t0 = self.cache.crops(batch["paths"], batch["starts"].tolist(), n)
             audio, text = audio.to(self.device), self.cache.text(batch["queries"]).to(self.device)
-            windows = rebase_windows(windows, t0.to(windows.device), self.mm.num_frames * self.mm.frame_seconds)
+            windows = rebase_windows(windows, t0.to(windows.device), n * self.mm.frame_seconds)
         else:
             audio, text = m.encode_audio(batch["audio"]), m.encode_text(batch["queries"])
         idx = torch.arange(b, device=self.device)
@@ -289,7 +296,7 @@ def build_moment_model(hparams: dict[str, Any]) -> MomentModel:
                        hparams.get("stream_width", 256), hparams.get("index_hop"),
                        hparams.get("decode", "frames"),  # checkpoints from before the key: their decoder
                        hparams.get("max_window"), hparams.get("prior", "none"), hparams.get("prior_window", 1.0),
-                       hparams.get("prior_scale", 10.0))
+                       hparams.get("prior_scale", 10.0), hparams.get("context"))
 
 
 def run(args: list[str]) -> int:

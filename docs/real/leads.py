@@ -26,7 +26,8 @@ def load(path: Path) -> dict:
             "twin": own.get("twin", {}).get("t2a_mAP@10"), "other": own.get("other", {}).get("t2a_mAP@10"),
             "order": probe.get("order", {}).get(branch), "count": probe.get("count", {}).get(branch),
             "dual_order": probe.get("order", {}).get("dual"), "lambda": e.get("fusion_lambda"),
-            "ci": (m.get("ci") or {}).get("t2a_mAP@10")}
+            "ci": (m.get("ci") or {}).get("t2a_mAP@10"),
+            "fused_order": probe.get("order", {}).get("fused"), "fused_count": probe.get("count", {}).get("fused")}
 
 
 def cell(values: list, pct: bool = True) -> str:
@@ -44,7 +45,9 @@ def cell(values: list, pct: bool = True) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="folder of run_leads.sh (variant/seedK/results/test/metrics.json)")
-    p.add_argument("--dual", nargs="+", default=[], help="metrics.json of the stage-1 dual encoder(s), one per seed")
+    p.add_argument("--dual", nargs="+", default=[], help="metrics.json of the stage-1 dual encoder(s), one per seed "
+                   "in seed order (seed k's stage 2 is compared with the k-th)")
+    p.add_argument("--per-seed", metavar="VARIANT", help="also one row per seed of VARIANT against its own dual")
     a = p.parse_args(argv)
     duals = [load(Path(d)) for d in a.dual]
     dual_ref = statistics.fmean(d["fused"] for d in duals) if duals else None
@@ -56,17 +59,32 @@ def main(argv: list[str] | None = None) -> int:
               f"{cell([d['twin'] for d in duals])} | {cell([d['other'] for d in duals])} | "
               f"{cell([d['order'] for d in duals], False)} | {cell([d['count'] for d in duals], False)} | - |")
     for variant in sorted(Path(a.root).iterdir()):
-        runs = [load(f) for f in sorted(variant.glob("seed*/results/test/metrics.json"))]
+        files = sorted(variant.glob("seed*/results/test/metrics.json"))
+        runs = [load(f) for f in files]
         if not runs:
             continue
-        # seed k against the dual of seed k when one dual file per seed is given (in seed order), else the mean dual
-        refs = [d["fused"] for d in duals] if len(duals) == len(runs) else [dual_ref] * len(runs)
+        # seed k against the dual of seed k (the k-th --dual file; stage 2 of seed k starts from it), else the mean
+        seeds = [int(f.parts[-4][len("seed"):]) for f in files]
+        refs = [duals[k]["fused"] if k < len(duals) else dual_ref for k in seeds]
         removed = [(r["fused"] - ref) / (1 - ref) for r, ref in zip(runs, refs)] if dual_ref is not None else []
         lams = sorted({r["lambda"] for r in runs if r["lambda"] is not None})
         print(f"| {variant.name} | {len(runs)} | {cell([r['fused'] for r in runs])} | {cell(removed, False)} | "
               f"{cell([r['pair'] for r in runs])} | {cell([r['twin'] for r in runs])} | "
               f"{cell([r['other'] for r in runs])} | {cell([r['order'] for r in runs], False)} | "
               f"{cell([r['count'] for r in runs], False)} | {', '.join(f'{x:g}' for x in lams) or '-'} |")
+    if a.per_seed:
+        print("\n| seed | dual (stage 1) t2a mAP@10 [95 % CI] | co-attention fused [95 % CI] | error removed | twin queries "
+              "dual -> fused | other queries dual -> fused | order probe pair / fused | count probe pair / fused |")
+        print("|---|---|---|---:|---|---|---|---|")
+        for f in sorted((Path(a.root) / a.per_seed).glob("seed*/results/test/metrics.json")):
+            k, r = int(f.parts[-4][len("seed"):]), load(f)
+            if k >= len(duals):
+                continue
+            d = duals[k]
+            ci = lambda x: f"{100 * x['fused']:.1f} [{100 * x['ci'][0]:.1f}, {100 * x['ci'][1]:.1f}]" if x["ci"] else f"{100 * x['fused']:.1f}"  # noqa: E731
+            print(f"| {k} | {ci(d)} | {ci(r)} | {(r['fused'] - d['fused']) / (1 - d['fused']):.2f} | "
+                  f"{100 * d['twin']:.1f} -> {100 * r['twin']:.1f} | {100 * d['other']:.1f} -> {100 * r['other']:.1f} | "
+                  f"{r['order']:.2f} / {r['fused_order']:.2f} | {r['count']:.2f} / {r['fused_count']:.2f} |")
     return 0
 
 

@@ -5,7 +5,8 @@
 # docs/real/leads.py tabulates them (mean +- std over seeds).
 #   coattn sounds build data/bank --tuxpaint && coattn synth --sounds data/bank data/real --seed 0
 #   coattn fit --config experiments/real/dual.yaml                        # stage 1 -> runs/real_dual
-#   SEEDS="0 1 2" ONLY="recipe no_grounding" bash docs/real/run_leads.sh  # minutes a variant on 2 idle cores
+#   SEEDS="0 1 2" ONLY="recipe no_count" bash docs/real/run_leads.sh      # 20-40 min a variant on 2 cores
+#   (stage 2 of seed k on stage 1 of seed k: STAGE1=runs/real_dual_s<k>/checkpoints/best.ckpt, one seed a call)
 #   python docs/real/leads.py runs/real_leads --dual runs/real_dual*/results/test/metrics.json
 set -euo pipefail
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
@@ -34,13 +35,16 @@ variant() {  # $1 name, rest: overrides of $CFG. A finished variant (metrics.jso
 }
 mkdir -p "$OUT"
 variant recipe                                           # experiments/real/coattn.yaml as it is (all levers)
-variant count_negatives $L.count_negatives=true       # one lever ON: a count added to an event heard once
-variant no_grounding $L.grounding_weight=0.0             # one lever off at a time
+variant no_count $L.count_negatives=false                # one lever off at a time; no_count = the round-3 recipe
+variant no_grounding $L.grounding_weight=0.0
 variant no_swap $L.swap_negatives=false
 variant no_twin_batches $D.twin_batches=false
 variant no_residual $L.residual_lambda=0.0 --model.freeze_dual=false   # the cascade learns the whole score
 variant local_bxb $L.pair_negatives=local                # every in-batch pair instead of mined ones (B^2 passes)
+# one lever off the round-3 recipe (count_negatives off), as measured in round 4 (docs/ablations.md)
+variant no_count_no_grounding $L.count_negatives=false $L.grounding_weight=0.0
+variant no_count_no_swap $L.count_negatives=false $L.swap_negatives=false
 # the previous round's recipe (B x B, rewritten captions, fusion chosen on validation), nothing aimed at twins
 variant previous_recipe $L.residual_lambda=0.0 --model.freeze_dual=false $L.pair_negatives=local \
-  $L.swap_negatives=false $L.grounding_weight=0.0 $D.twin_batches=false
+  $L.swap_negatives=false $L.grounding_weight=0.0 $D.twin_batches=false $L.count_negatives=false
 echo "leads done: $OUT (python docs/real/leads.py $OUT)"

@@ -105,6 +105,12 @@ class FeatureStore:
         self.healed: list[str] = []  # shards found damaged and removed (their entries are missing again)
         self.refresh()
 
+    @classmethod
+    def keyed(cls, parent: str | os.PathLike, meta: dict) -> "FeatureStore":
+        """The store of ``meta`` under ``parent``: one folder per distinct meta (the first 20 hex digits of its
+        SHA-1), so a change of encoder, weights or preprocessing is another folder, never a mixed one."""
+        return cls(Path(parent) / sha1_of(meta)[:20], meta)
+
     def _ensure_meta(self, meta: dict) -> None:
         path = self.root / "meta.json"
         if path.is_file():

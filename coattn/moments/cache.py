@@ -26,7 +26,7 @@ import torch
 
 from coattn.features import SequenceFeatures
 from coattn.moments.model import MomentModel, RecordingIndex
-from coattn.store import FeatureStore, caption_key, encoder_key, file_key, sha1_of
+from coattn.store import FeatureStore, caption_key, encoder_key, file_key
 
 
 class IndexCache:
@@ -57,14 +57,14 @@ class IndexCache:
     def audio_store(self) -> FeatureStore:
         if self._audio_store is None:
             meta = self.index_meta()
-            self._audio_store = FeatureStore(self.root / "index" / sha1_of(meta)[:20], meta)
+            self._audio_store = FeatureStore.keyed(self.root / "index", meta)
         return self._audio_store
 
     @property
     def text_store(self) -> FeatureStore:
         if self._text_store is None:
             meta = self.text_meta()
-            self._text_store = FeatureStore(self.root / "text" / sha1_of(meta)[:20], meta)
+            self._text_store = FeatureStore.keyed(self.root / "text", meta)
         return self._text_store
 
     # ---- building: each missing recording / query once -----------------------------------------

@@ -172,13 +172,6 @@ class MomentModel(nn.Module):
         return next(self.parameters()).device
 
     @torch.no_grad()
-    def frame_scores(self, index: RecordingIndex, query: str | SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        """Relevance probabilities (F,) and boundary offsets in seconds (F, 2) of a query (a string, or its
-        token features) over the index."""
-        logits, offsets = self.frame_logits(index, query)
-        return torch.sigmoid(logits), offsets
-
-    @torch.no_grad()
     def frame_logits(self, index: RecordingIndex, query: str | SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """Relevance logits (F,) (the prior included) and boundary offsets in seconds (F, 2) over the index."""
         m = self.model
@@ -211,14 +204,19 @@ class MomentModel(nn.Module):
     @torch.no_grad()
     def localize(self, index: RecordingIndex, query: str | SequenceFeatures, top_k: int | None = None) -> torch.Tensor:
         """The query's best windows in the index: (<= top_k, 3) [start s, end s, score], by ``decode``."""
-        logits, off = self.frame_logits(index, query)
-        if self.decode == "spans":
-            max_frames = None if self.max_window is None else max(1, int(round(self.max_window / index.frame_seconds)))
-            return decode_spans(logits.double(), index.frame_seconds, index.duration, max_frames, self.nms_iou,
-                                top_k or self.top_k)
-        props = decode_frames(torch.sigmoid(logits).double(), off[:, 0].double(), off[:, 1].double(),
-                              index.frame_seconds, index.duration)
-        return temporal_nms(props, self.nms_iou, top_k or self.top_k)
+        logits, offsets = self.frame_logits(index, query)
+        return self.decode_windows(logits, offsets, index, top_k)
+
+    def decode_windows(self, logits: torch.Tensor, offsets: torch.Tensor, index: RecordingIndex,
+                       top_k: int | None = None, decode: str | None = None) -> torch.Tensor:
+        """Windows from frame outputs (``frame_logits``) by ``decode`` (default: the model's), NMS'd."""
+        k, fs = top_k or self.top_k, index.frame_seconds
+        if (decode or self.decode) == "spans":
+            max_frames = None if self.max_window is None else max(1, int(round(self.max_window / fs)))
+            return decode_spans(logits.double(), fs, index.duration, max_frames, self.nms_iou, k)
+        props = decode_frames(torch.sigmoid(logits).double(), offsets[:, 0].double(), offsets[:, 1].double(), fs,
+                              index.duration)
+        return temporal_nms(props, self.nms_iou, k)
 
     @torch.no_grad()
     def dual_sliding(self, index: RecordingIndex, query: str | SequenceFeatures,

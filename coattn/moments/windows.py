@@ -72,8 +72,7 @@ def decode_spans(logits: torch.Tensor, frame_seconds: float, duration: float, ma
     and the span's length follows the relevance instead of a regressed offset."""
     n = len(logits)
     spans = span_proposals(n, list(range(1, min(max_frames or n, n) + 1))).to(logits.device)
-    c = torch.cat([logits.new_zeros(1), logits.cumsum(0)])
-    score = c[spans[:, 1]] - c[spans[:, 0]]
+    score = span_sums(logits, spans)
     props = torch.stack([spans[:, 0] * frame_seconds, (spans[:, 1] * frame_seconds).clamp(max=duration), score], 1)
     return temporal_nms(props, iou_threshold, max_keep)
 
@@ -85,7 +84,12 @@ def span_proposals(num_frames: int, lengths: list[int], hop: int = 1) -> torch.T
     return torch.cat(spans) if spans else torch.tensor([[0, num_frames]])
 
 
-def span_means(frames: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
-    """Mean frame of each span, (P, D), by one cumulative sum (no loop over spans)."""
+def span_sums(frames: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """Sum of the frames (F, ...) of each span [first, last + 1), (P, ...), by one cumulative sum (no loop)."""
     c = torch.cat([torch.zeros_like(frames[:1]), frames.cumsum(0)])
-    return (c[spans[:, 1]] - c[spans[:, 0]]) / (spans[:, 1] - spans[:, 0]).to(frames.dtype)[:, None]
+    return c[spans[:, 1]] - c[spans[:, 0]]
+
+
+def span_means(frames: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """Mean frame of each span, (P, D)."""
+    return span_sums(frames, spans) / (spans[:, 1] - spans[:, 0]).to(frames.dtype)[:, None]

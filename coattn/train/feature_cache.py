@@ -54,7 +54,7 @@ import torch
 
 from coattn.batch import Batch
 from coattn.features import SequenceFeatures
-from coattn.store import FeatureStore, caption_key, encoder_key, file_key, sha1_of
+from coattn.store import FeatureStore, caption_key, encoder_key, file_key
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +118,14 @@ class FeatureCache:
     def audio_store(self) -> FeatureStore:
         if self._audio_store is None:
             meta = self.audio_meta()
-            self._audio_store = FeatureStore(self.root / "audio" / sha1_of(meta)[:20], meta)
+            self._audio_store = FeatureStore.keyed(self.root / "audio", meta)
         return self._audio_store
 
     @property
     def text_store(self) -> FeatureStore:
         if self._text_store is None:  # after the tokenizer exists: its state is part of the identity
             meta = self.text_meta()
-            self._text_store = FeatureStore(self.root / "text" / sha1_of(meta)[:20], meta)
+            self._text_store = FeatureStore.keyed(self.root / "text", meta)
         return self._text_store
 
     def _device(self, encoder: torch.nn.Module) -> torch.device:

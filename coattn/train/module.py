@@ -38,7 +38,7 @@ from coattn.results import EvaluationResult
 from coattn.train.evaluation import (FUSION_GRID, EvalAccumulator, Evaluation, eval_loaders, probe_metrics,
                                      relevance_metrics, twin_metrics, write_predictions, write_test_results)
 from coattn.train.optim import Optim
-from coattn.train.warm_start import warm_start
+from coattn.train.warm_start import hold_frozen, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,8 @@ class CoAttnRetrieval(pl.LightningModule):
         self.loss, self.optim, self.evaluation = loss, optim, evaluation
         self.feature_cache, self.init_from, self.init_pair_from_dual = feature_cache, init_from, init_pair_from_dual
         self.freeze_dual = freeze_dual
-        if freeze_dual:  # eval from the start: Lightning records each module's mode when fitting starts and
-            for part in self._dual_parts():  # restores it after every validation, without calling .train()
-                part.requires_grad_(False).train(False)
+        if freeze_dual:
+            hold_frozen(self._dual_parts())
         if loss.residual_lambda and self.model.has_pairwise:  # the model ranks by the score its pair term trained
             self.model.fusion_lambda.fill_(loss.residual_lambda)
             if isinstance(evaluation.fusion, (int, float)) and evaluation.fusion != loss.residual_lambda:
@@ -109,8 +108,7 @@ class CoAttnRetrieval(pl.LightningModule):
     def train(self, mode: bool = True) -> "CoAttnRetrieval":
         super().train(mode)
         if self.freeze_dual:  # a frozen dual branch never updates its BatchNorm statistics either
-            for part in self._dual_parts():
-                part.train(False)
+            hold_frozen(self._dual_parts())
         return self
 
     @staticmethod

@@ -36,6 +36,7 @@ from coattn.model import CoAttnModel
 from coattn.moments.head import frame_targets, moment_loss
 from coattn.moments.metrics import moment_metrics
 from coattn.moments.model import MomentModel
+from coattn.train.warm_start import hold_frozen
 
 BASELINE = "baseline_dual_sliding/"
 
@@ -101,13 +102,11 @@ class MomentRetrieval(pl.LightningModule):
         if init_from:
             self.loaded = load_initial(self.mm.model, init_from)
         self.frozen_dual = [model.dual_audio, model.dual_text, model.dual_temperature] if freeze_dual else []
-        for part in self.frozen_dual:  # eval from the start: Lightning records each module's mode when fitting
-            part.requires_grad_(False).train(False)  # starts and restores it after validation, without .train()
+        hold_frozen(self.frozen_dual)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for part in self.frozen_dual:  # BatchNorm statistics stay the loaded ones
-            part.eval()
+        hold_frozen(self.frozen_dual)  # BatchNorm statistics stay the loaded ones
         return self
 
     # ---- tokenizer of a per-run text tower -----------------------------------------------------

@@ -43,3 +43,12 @@ def warm_start(model, path: str | os.PathLike) -> int:
     if ckpt.get("tokenizer_state") is not None:  # a per-run tokenizer belongs to the text tower's weights
         model.text_encoder.load_tokenizer_state(ckpt["tokenizer_state"])
     return len(own)
+
+
+def hold_frozen(parts) -> None:
+    """No gradient and eval mode for ``parts`` (``freeze_dual``: the dual heads as loaded, BatchNorm included).
+    Called at construction and from the module's ``train()``: Lightning 2 starts fitting in the modes it finds
+    (it never calls ``.train()``) and after each validation restores every submodule's mode by setting
+    ``.training``, so a part frozen only in ``train()`` would update its BatchNorm statistics while fitting."""
+    for part in parts:
+        part.requires_grad_(False).train(False)

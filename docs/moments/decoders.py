@@ -21,15 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 KEYS = ("R1@0.5", "R1@0.7", "mAP@0.5", "mAP@0.75", "mAP@0.5:0.95")
 
 
-def max_frames(mm, index) -> int | None:
-    return None if mm.max_window is None else max(1, int(round(mm.max_window / index.frame_seconds)))
-
-
 def main() -> None:
     from coattn.audio import load_audio
     from coattn.moments.cache import IndexCache
     from coattn.moments.metrics import moment_metrics
-    from coattn.moments.windows import decode_frames, decode_spans, temporal_nms
     from coattn.tools.localize import load_moment_checkpoint
     from data_modules.moments import read_moments
 
@@ -51,11 +46,8 @@ def main() -> None:
             for q in queries:
                 index, text = cache.index(q.audio), cache.text([q.query])
                 logits, off = mm.frame_logits(index, text)  # once: both decoders read the same outputs
-                preds["spans"].append(decode_spans(logits.double(), index.frame_seconds, index.duration,
-                                                   max_frames(mm, index), mm.nms_iou, mm.top_k).tolist())
-                props = decode_frames(torch.sigmoid(logits).double(), off[:, 0].double(), off[:, 1].double(),
-                                      index.frame_seconds, index.duration)
-                preds["frames"].append(temporal_nms(props, mm.nms_iou, mm.top_k).tolist())
+                for decode in preds:
+                    preds[decode].append(mm.decode_windows(logits, off, index, decode=decode).tolist())
         for decode, p in preds.items():
             m = moment_metrics(p, gt)
             print(f"| {run} | {mm.prior} | {decode} | " + " | ".join(f"{100 * m['moment/' + k]:.2f}" for k in KEYS)

@@ -204,6 +204,9 @@ class RetrievalLoss:
         if not (self.residual_lambda >= 0 and math.isfinite(self.residual_lambda)) or self.grounding_weight < 0:
             raise ConfigError(f"model.loss.residual_lambda and grounding_weight must be >= 0, got "
                               f"{self.residual_lambda}, {self.grounding_weight}")
+        if self.count_negatives and not self.caption_negatives:
+            raise ConfigError("model.loss.count_negatives adds count variants to the caption negatives: set "
+                              "model.loss.caption_negatives: true as well (or count_negatives: false)")
         if self.residual_lambda and self.pair_negatives == "global":
             raise ConfigError("model.loss.pair_negatives 'global' is not supported with residual scoring "
                               "(residual_lambda > 0): use 'local' or 'hard'")

@@ -258,3 +258,26 @@ def test_data_check_wavcaps_checks_only_its_train_split(tmp_path):
     proc = run_cli(["data-check", "wavcaps", str(folder), "--splits", "train", "val", "--rates", "",
                     "--min-seconds", "0.1", "--report", str(tmp_path / "report2.json")], tmp_path)
     assert proc.returncode == 1 and "1 errors" in proc.stdout
+
+
+@pytest.mark.parametrize("config, extra, expected", [
+    ("moments/synth.yaml", ["--model.decode", "detr"], "model.decode must be 'spans' or 'frames', not 'detr'"),
+    ("moments/synth.yaml", ["--model.prior", "clap"], "model.prior must be 'none' or 'dual', not 'clap'"),
+    ("moments/synth.yaml", ["--model.context", "0"], "model.context must be > 0 seconds"),
+    ("demo.yaml", ["--model.loss.count_negatives", "true", "--model.loss.caption_negatives", "false",
+                   "--model.init_from", "null"], "model.loss.count_negatives adds count variants"),
+])
+def test_bad_moment_and_time_keys_are_one_line_before_any_work(config, extra, expected, tmp_path, monkeypatch,
+                                                                capsys):
+    """The round-4 keys (model.decode / prior / context of a moment config, model.loss.count_negatives) are
+    refused at construction, in one line naming the key, before any data is read or model trained."""
+    from coattn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cfg = Path(__file__).resolve().parents[1] / "experiments" / config
+    assert main(["fit", "--config", str(cfg), *extra]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [x for x in err.splitlines() if x.startswith("coattn: error: ")]
+    assert len(lines) == 1 and expected in lines[0], err[-2000:]
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.csv"))  # refused before training

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from coattn.errors import ConfigError
 from coattn.features import SequenceFeatures
 from coattn.moments.head import FilmFrames, MomentHead
 from coattn.moments.windows import (crop_starts, decode_frames, decode_spans, span_means, span_proposals, stitch,
@@ -54,14 +55,14 @@ class MomentModel(nn.Module):
                  prior_scale: float = 10.0, context: float | None = None):
         super().__init__()
         if stream not in ("cascade", "dual"):
-            raise ValueError(f"stream must be 'cascade' or 'dual', not {stream!r}")
+            raise ConfigError(f"model.stream must be 'cascade' or 'dual', not {stream!r}")
         if decode not in ("spans", "frames"):
-            raise ValueError(f"decode must be 'spans' or 'frames', not {decode!r}")
+            raise ConfigError(f"model.decode must be 'spans' or 'frames', not {decode!r}")
         if prior not in ("none", "dual"):
-            raise ValueError(f"prior must be 'none' or 'dual', not {prior!r}")
+            raise ConfigError(f"model.prior must be 'none' or 'dual', not {prior!r}")
         if stream == "cascade" and getattr(model.cascade, "kind", None) != "iterating":
-            raise ValueError("the moment head reads the iterating cascade's text-conditioned audio stream: "
-                             "set model.cascade.init_args.kind: iterating (or model.stream: dual)")
+            raise ConfigError("the moment head reads the iterating cascade's text-conditioned audio stream: "
+                              "set model.cascade.init_args.kind: iterating (or model.stream: dual)")
         self.model, self.stream = model, stream
         if stream == "dual":
             self.film = FilmFrames(model.audio_encoder.out_dim, model.text_encoder.out_dim, stream_width,
@@ -71,7 +72,7 @@ class MomentModel(nn.Module):
         self.index_hop = index_hop
         self.decode, self.max_window, self.prior, self.prior_window = decode, max_window, prior, prior_window
         if context is not None and not context > 0:
-            raise ValueError(f"context must be > 0 seconds (or None: the tower's window), not {context!r}")
+            raise ConfigError(f"model.context must be > 0 seconds (or null: the tower's window), not {context!r}")
         self.context = context
         if prior == "dual":
             self.prior_scale = nn.Parameter(torch.tensor(float(prior_scale)))

@@ -302,9 +302,12 @@ def run(args: list[str]) -> int:
     """``coattn fit/validate/test`` on a moment config; one-line errors as the retrieval CLI."""
     from data_modules.moments import MomentDataModule
 
-    try:
-        LightningCLI(MomentRetrieval, MomentDataModule, subclass_mode_data=True, args=args,
-                     save_config_kwargs={"overwrite": True})
+    from coattn.train import quiet
+
+    quiet.install()  # the Lightning notes coattn causes on purpose, as for clip retrieval
+    try:  # argv itself goes in as None: Lightning warns when explicit args repeat the command line
+        LightningCLI(MomentRetrieval, MomentDataModule, subclass_mode_data=True,
+                     args=None if args == sys.argv[1:] else args, save_config_kwargs={"overwrite": True})
     except UserFacingError as exc:
         if os.environ.get("COATTN_DEBUG"):
             raise

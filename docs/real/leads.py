@@ -2,6 +2,7 @@
 over seeds, against the converged stage-1 dual encoder(s).
 
     python docs/real/leads.py runs/real_leads --dual runs/real_dual/results/test/metrics.json
+    python docs/real/leads.py runs/real_leads --only more_scenes --dual runs/x4/dual*/results/test/metrics.json
 
 Columns (test split, %): fused t2a mAP@10, the share of the dual's error it removes ((fused - dual) / (1 - dual),
 target >= 0.5), the pair score alone, t2a mAP@10 of the twin queries and of the other queries (the system's own
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dual", nargs="+", default=[], help="metrics.json of the stage-1 dual encoder(s), one per seed "
                    "in seed order (seed k's stage 2 is compared with the k-th)")
     p.add_argument("--per-seed", metavar="VARIANT", help="also one row per seed of VARIANT against its own dual")
+    p.add_argument("--only", nargs="+", metavar="VARIANT", help="only these variants (e.g. those trained on another "
+                   "data root, against that root's duals)")
     a = p.parse_args(argv)
     duals = [load(Path(d)) for d in a.dual]
     dual_ref = statistics.fmean(d["fused"] for d in duals) if duals else None
@@ -60,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{cell([d['order'] for d in duals], False)} | {cell([d['count'] for d in duals], False)} | - |")
     for variant in sorted(Path(a.root).iterdir()):
         files = sorted(variant.glob("seed*/results/test/metrics.json"))
+        if a.only and variant.name not in a.only:
+            continue
         runs = [load(f) for f in files]
         if not runs:
             continue

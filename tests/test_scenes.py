@@ -136,6 +136,22 @@ def test_same_seed_same_bytes(bank, tmp_path):
     assert all(a[k] != c[k] for k in a if k.endswith(".wav"))
 
 
+def test_more_training_scenes_leave_validation_and_test_byte_identical(bank, tmp_path):
+    """`--n-train` (make demo's REAL_TRAIN_SCENES) changes only development/: a model trained on more scenes is
+    scored on the very clips and captions of the smaller root (docs/ablations.md, round 5)."""
+    def held_out(root: Path) -> dict[str, str]:
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+                if p.is_file() and "development" not in p.name and p.name != "synth_metadata.json"}
+
+    small = _make(bank, tmp_path / "small", n=(4, 3, 3), seconds="3")
+    large = _make(bank, tmp_path / "large", n=(16, 3, 3), seconds="3")
+    assert held_out(tmp_path / "small") == held_out(tmp_path / "large")
+    assert len(held_out(tmp_path / "small")) == 3 + 3 + 2  # the wavs and both caption files
+    assert {k: v for k, v in small.items() if not k.startswith("development/")} == \
+        {k: v for k, v in large.items() if not k.startswith("development/")}
+    assert sum(k.startswith("development/") for k in large) == 16
+
+
 def _sounds_by_side(meta: dict) -> tuple[dict, dict]:
     train, held = {}, {}
     for key, m in meta.items():

@@ -34,7 +34,8 @@ variant() {  # $1 name, rest: overrides of $CFG. A finished variant (metrics.jso
   done
 }
 mkdir -p "$OUT"
-variant recipe                                           # experiments/real/coattn.yaml as it is (all levers)
+variant recipe                                           # experiments/real/coattn.yaml as it is (all levers; its
+# root data/real holds 1,600 training scenes since round 5 (make demo); round 4's rows were on 400: --n-train 400)
 variant no_count $L.count_negatives=false                # one lever off at a time; no_count = the round-3 recipe
 variant no_grounding $L.grounding_weight=0.0
 variant no_swap $L.swap_negatives=false
@@ -46,6 +47,8 @@ variant local_bxb $L.pair_negatives=local                # every in-batch pair i
 # at the recipe's number of steps (62 a epoch), so each clip is seen ~7 times instead of 30. Its STAGE1 is the dual
 # trained on the same root: PREFIX=runs/x4/dual bash docs/real/run_dual_seeds.sh --data.init_args.root data/real_x4
 variant more_scenes $D.root="${MORE_SCENES_ROOT:-data/real_x4}" --trainer.limit_train_batches 62
+variant more_scenes_e10 $D.root="${MORE_SCENES_ROOT:-data/real_x4}" --trainer.limit_train_batches 62 \
+  --trainer.max_epochs 10                                # ... and a longer stage 2 (620 steps)
 # one lever off the round-3 recipe (count_negatives off), as measured in round 4 (docs/ablations.md)
 variant no_count_no_grounding $L.count_negatives=false $L.grounding_weight=0.0
 variant no_count_no_swap $L.count_negatives=false $L.swap_negatives=false

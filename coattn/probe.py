@@ -136,13 +136,12 @@ def applicability(captions: list[str]) -> dict[str, int]:
 
 
 @torch.no_grad()
-def run_probe(model, audio: SequenceFeatures, items: list[ProbeItem], fusion: float = 0.0,
-              tile_pairs: int = 16384, batch: int = 256) -> dict[str, dict[str, float]]:
-    """Accuracy per kind and branch: {kind: {"n", "pair", "dual", "fused"?}} (module docstring)."""
+def probe_scores(model, audio: SequenceFeatures, items: list[ProbeItem], fusion: float = 0.0,
+                 tile_pairs: int = 16384, batch: int = 256) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per item and branch, the score of the true caption and of its variant against the item's clip:
+    {branch: (s_true (N,), s_variant (N,))} for ``dual``, ``pair`` (a cascade) and ``fused`` (with ``fusion``)."""
     from coattn.retrieval.tiling import score_pair_list
 
-    if not items:
-        return {}
     texts = list(dict.fromkeys([i.true for i in items] + [i.variant for i in items]))
     row = {t: k for k, t in enumerate(texts)}
     feats = SequenceFeatures.cat([model.encode_text(texts[k:k + batch]) for k in range(0, len(texts), batch)])
@@ -156,6 +155,22 @@ def run_probe(model, audio: SequenceFeatures, items: list[ProbeItem], fusion: fl
         scores["pair"] = (both[: len(items)], both[len(items):])
         if fusion:
             scores["fused"] = tuple(p + fusion * d for p, d in zip(scores["pair"], scores["dual"]))
+    return scores
+
+
+def wins(s_true: torch.Tensor, s_variant: torch.Tensor) -> torch.Tensor:
+    """1 where the true caption scores higher, 0.5 on a tie, 0 where the variant does."""
+    return (s_true > s_variant).float() + 0.5 * (s_true == s_variant).float()
+
+
+def run_probe(model, audio: SequenceFeatures, items: list[ProbeItem], fusion: float = 0.0,
+              tile_pairs: int = 16384, batch: int = 256,
+              scores: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, dict[str, float]]:
+    """Accuracy per kind and branch: {kind: {"n", "pair", "dual", "fused"?}} (module docstring); ``scores``:
+    ``probe_scores`` of the same items, when already computed."""
+    if not items:
+        return {}
+    scores = scores or probe_scores(model, audio, items, fusion, tile_pairs, batch)
     out: dict[str, dict[str, float]] = {}
     for kind in KINDS:
         sel = torch.tensor([i.kind == kind for i in items])
@@ -163,8 +178,7 @@ def run_probe(model, audio: SequenceFeatures, items: list[ProbeItem], fusion: fl
             continue
         out[kind] = {"n": int(sel.sum())}
         for branch, (s_true, s_var) in scores.items():
-            wins = (s_true[sel] > s_var[sel]).float() + 0.5 * (s_true[sel] == s_var[sel]).float()
-            out[kind][branch] = float(wins.mean())
+            out[kind][branch] = float(wins(s_true[sel], s_var[sel]).mean())
     return out
 
 

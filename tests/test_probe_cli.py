@@ -21,7 +21,7 @@ def test_probe_command_matches_the_test_time_probe_with_zero_padding(demo_run, t
     assert main(["test", *args, f"--ckpt_path={ckpt}"]) == 0
     at_test = json.loads((tmp_path / "runs/demo_scratch/results/test/metrics.json").read_text())["extra"]["probe"]
     capsys.readouterr()
-    assert main(["probe", *args, "--ckpt_path", str(ckpt), "--out", str(tmp_path / "probe")]) == 0
+    assert main(["probe", *args, "--ckpt_path", str(ckpt), "--out", str(tmp_path / "probe"), "--items"]) == 0
     out = capsys.readouterr()
     assert "order probe (n=" in out.out and "args parameter" not in out.err
     probed = json.loads((tmp_path / "probe" / "probe.json").read_text())
@@ -30,6 +30,16 @@ def test_probe_command_matches_the_test_time_probe_with_zero_padding(demo_run, t
     for kind, r in at_test.items():
         for key, value in r.items():
             assert probed["probe"][kind][key] == pytest.approx(value, abs=1e-6), (kind, key)
+    # --items: one line per item with both scores of each branch; its wins give back the accuracies
+    items = [json.loads(line) for line in (tmp_path / "probe" / "probe_items.jsonl").read_text().splitlines()]
+    assert len(items) == sum(r["n"] for r in at_test.values())
+    for kind, r in at_test.items():
+        mine = [it for it in items if it["kind"] == kind]
+        assert all(it["true"] != it["variant"] for it in mine)
+        for branch in set(r) - {"n"}:
+            pairs = [(it[f"{branch}_true"], it[f"{branch}_variant"]) for it in mine]
+            won = [(t > v) + 0.5 * (t == v) for t, v in pairs]
+            assert sum(won) / len(mine) == pytest.approx(r[branch], abs=1e-6), (kind, branch)
 
 
 def test_probe_applicability_on_the_real_clotho_evaluation_captions(capsys):

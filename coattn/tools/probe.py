@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--captions", nargs="+", help="only count how many captions of these CSV files each rewrite "
                                                  "applies to (no model)")
     p.add_argument("--batch-size", type=int, default=16, help="clips per encoder batch")
+    p.add_argument("--items", action="store_true", help="also write probe_items.jsonl: every item (kind, clip, "
+                   "true caption, variant) with each branch's two scores, for breakdowns of your own")
     a, rest = p.parse_known_args(argv)
     from coattn.errors import DataNotFoundError
 
@@ -82,7 +84,7 @@ def split_audio_features(model, ds, batch_size: int = 16):
 def probe(a: argparse.Namespace, overrides: list[str]) -> int:
     from coattn.errors import UserFacingError
     from coattn.model import CoAttnModel
-    from coattn.probe import format_probe, items_by_rewriting, items_from_metadata, run_probe
+    from coattn.probe import format_probe, items_by_rewriting, items_from_metadata, probe_scores, run_probe
     from coattn.train.cli import parse_only
 
     try:
@@ -102,7 +104,8 @@ def probe(a: argparse.Namespace, overrides: list[str]) -> int:
     else:
         items, source = items_by_rewriting(captions, caption_clip), "rewritten captions (coattn.captions)"
     audio = split_audio_features(model, dm.clip_dataset(a.split), a.batch_size)
-    result = run_probe(model, audio, items, float(model.fusion_lambda))
+    scores = probe_scores(model, audio, items, float(model.fusion_lambda)) if items else {}
+    result = run_probe(model, audio, items, float(model.fusion_lambda), scores=scores)
     print(f"probe of {a.ckpt_path} on the {a.split} split ({len(split)} clips, {len(captions)} captions; "
           f"variants: {source})")
     print(format_probe(result) or "no caption of this split has a variant")
@@ -111,6 +114,15 @@ def probe(a: argparse.Namespace, overrides: list[str]) -> int:
     atomic_write_text(out / "probe.json", json.dumps({"ckpt_path": a.ckpt_path, "split": a.split, "variants": source,
                                                       "fusion_lambda": float(model.fusion_lambda),
                                                       "n_captions": len(captions), "probe": result}, indent=1))
+    if a.items and items:
+        rows = []
+        for k, it in enumerate(items):
+            row = {"kind": it.kind, "clip": split.fnames[it.clip], "true": it.true, "variant": it.variant}
+            for branch, (s_true, s_var) in scores.items():
+                row[f"{branch}_true"], row[f"{branch}_variant"] = float(s_true[k]), float(s_var[k])
+            rows.append(row)
+        atomic_write_text(out / "probe_items.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        print(f"written to {out / 'probe_items.jsonl'} ({len(rows)} items)")
     print(f"written to {out / 'probe.json'}")
     return 0
 

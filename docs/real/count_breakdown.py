@@ -16,6 +16,10 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import torch
+
+from coattn.probe import wins
+
 COUNT_WORDS = {"twice": 2, "two": 2, "thrice": 3, "three": 3, "four": 4}
 
 
@@ -42,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             it = json.loads(line)
             if it["kind"] != "count":
                 continue
-            won = [(it[f"{b}_true"] > it[f"{b}_variant"]) + 0.5 * (it[f"{b}_true"] == it[f"{b}_variant"])
+            won = [float(wins(torch.tensor(it[f"{b}_true"]), torch.tensor(it[f"{b}_variant"])))
                    if f"{b}_true" in it else float("nan") for b in ("pair", "dual")]
             table[change(it["true"], it["variant"])][col].append(tuple(won))
     print("| change | items | " + " | ".join(f"pair / dual ({p.parent.parent.parent.name or p})" for p in a.items)

@@ -44,11 +44,11 @@ variant no_residual $L.residual_lambda=0.0 --model.freeze_dual=false   # the cas
 variant local_bxb $L.pair_negatives=local                # every in-batch pair instead of mined ones (B^2 passes)
 # more scenes than recordings: the recipe on a root with 4x the training scenes, composed from the same bank (the
 # validation and test clips are byte-identical: `coattn synth --sounds data/bank data/real_x4 --seed 0 --n-train 1600`),
-# at the recipe's number of steps (62 a epoch), so each clip is seen ~7 times instead of 30. Its STAGE1 is the dual
+# at round 4's number of steps (6 epochs of 62), so each clip is seen ~7 times instead of 30. Its STAGE1 is the dual
 # trained on the same root: PREFIX=runs/x4/dual bash docs/real/run_dual_seeds.sh --data.init_args.root data/real_x4
-variant more_scenes $D.root="${MORE_SCENES_ROOT:-data/real_x4}" --trainer.limit_train_batches 62
+variant more_scenes $D.root="${MORE_SCENES_ROOT:-data/real_x4}" --trainer.limit_train_batches 62 --trainer.max_epochs 6
 variant more_scenes_e10 $D.root="${MORE_SCENES_ROOT:-data/real_x4}" --trainer.limit_train_batches 62 \
-  --trainer.max_epochs 10                                # ... and a longer stage 2 (620 steps)
+  --trainer.max_epochs 10                                # ... and a longer stage 2 (620 steps): the recipe since round 5
 # one lever off the round-3 recipe (count_negatives off), as measured in round 4 (docs/ablations.md)
 variant no_count_no_grounding $L.count_negatives=false $L.grounding_weight=0.0
 variant no_count_no_swap $L.count_negatives=false $L.swap_negatives=false

@@ -64,6 +64,9 @@ demo-real: demo-real-data demo-real-fit demo-real-test
 # A data root made earlier with another number of training scenes stops here in one line (its runs would resume
 # on other data): `make clean-demo` or REAL_TRAIN_SCENES=<its number>.
 demo-real-data:
+	@case "$(REAL_TRAIN_SCENES)" in ''|*[!0-9]*) \
+	  echo "demo: REAL_TRAIN_SCENES=$(REAL_TRAIN_SCENES): expected a whole number of training scenes (default 1600)" >&2; \
+	  exit 2;; esac
 	@if test -f $(REAL_DATA)/synth_metadata.json; then \
 	  $(PY) -c "import json, sys; m = json.load(open(sys.argv[1])); n = sum(k.startswith('development/') for k in m); \
 	    n == int(sys.argv[2]) or sys.exit(f'demo: {sys.argv[1]} holds {n} training scenes, REAL_TRAIN_SCENES is ' \

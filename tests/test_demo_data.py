@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_data(root: Path, scenes: int) -> subprocess.CompletedProcess:
+def make_data(root: Path, scenes: int | str) -> subprocess.CompletedProcess:
     return subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "demo-real-data", f"REAL_DATA={root}",
                            f"REAL_TRAIN_SCENES={scenes}", f"PY={sys.executable}", "COATTN=false"],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
@@ -32,3 +32,13 @@ def test_demo_data_with_another_number_of_training_scenes_is_one_line(tmp_path):
     assert lines == [f"demo: {tmp_path}/synth_metadata.json holds 3 training scenes, REAL_TRAIN_SCENES is 1600: "
                      "run make clean-demo (or make demo REAL_TRAIN_SCENES=3)"]
     assert "Traceback" not in other.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("scenes", ["many", "-5", "1.5", ""])
+def test_demo_data_with_a_bad_number_of_training_scenes_is_one_line(tmp_path, scenes):
+    bad = make_data(tmp_path, scenes)  # before anything is read or composed (COATTN=false would fail otherwise)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines()[0] == (f"demo: REAL_TRAIN_SCENES={scenes}: expected a whole number of "
+                                                  "training scenes (default 1600)")
+    assert "Traceback" not in bad.stderr and not (tmp_path / "synth_metadata.json").exists()

@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", metavar="VARIANT", help="only these variants (e.g. those trained on another "
                    "data root, against that root's duals)")
     a = p.parse_args(argv)
+    unknown = sorted(set(a.only or ()) - {v.name for v in Path(a.root).iterdir() if v.is_dir()})
+    if unknown:
+        p.error(f"--only {' '.join(unknown)}: no such variant folder in {a.root}")
     duals = [load(Path(d)) for d in a.dual]
     dual_ref = statistics.fmean(d["fused"] for d in duals) if duals else None
     print("| system | seeds | fused t2a mAP@10 | error removed | pair alone | twin queries | other queries "

@@ -376,21 +376,26 @@ class CoAttentionCascade(nn.Module):
 
     # ---- per pair -------------------------------------------------------------------------------
     def pair_vectors(self, text: PreparedText, rows: torch.Tensor, stage: ClipStage,
-                     inv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                     inv: torch.Tensor, frames: bool = False) -> tuple[torch.Tensor, ...]:
         """Pooled vectors of the b x r pairs (caption ``rows[i]``, clip ``inv[i, c]`` of ``stage``).
 
         Returns (text, audio): audio (b, r, d); text (b, r, d), or (b, d) for ``iterating``, whose
         text vector does not depend on the clip. Any pair set is a block: a grid (training, exact
         evaluation: inv = arange(M) on every row), shortlists (re-ranking), single pairs (r = 1).
+        ``frames`` (``iterating`` only): also the audio stream before pooling and its mask, (b r, T, d)
+        and (b r, T) (the count head reads it frame by frame).
         """
         if self.kind == "none":
             raise RuntimeError("cascade kind 'none' has no pairwise stage; score with the dual branch")
+        if frames and self.kind != "iterating":
+            raise RuntimeError(f"the pair frames need the iterating cascade, not {self.kind!r}")
         b, r = inv.shape
         flat = inv.reshape(-1)
         y, my = stage.states[flat], stage.mask[flat]  # (b r, T, d): row i's r clips are consecutive
         if self.kind == "iterating":
             y = self.pair_frames(text, rows, stage, inv)
-            return text.pooled[rows], self.audio_pool(y, my).view(b, r, -1)
+            out = (text.pooled[rows], self.audio_pool(y, my).view(b, r, -1))
+            return (*out, y, my) if frames else out
         ti = rows.repeat_interleave(r)
         x, mx = text.states[ti], text.mask[ti]
         for n in range(self.depth):  # single / stacking: both streams read the previous layer

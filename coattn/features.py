@@ -11,7 +11,7 @@ attention masks; attention code converts them to ``key_padding_mask`` (True = ig
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -64,6 +64,7 @@ class PreparedText:
     mask: torch.Tensor
     pooled: torch.Tensor | None = None
     embedding: torch.Tensor | None = None
+    count: Any = None  # coattn.counting.CountText of the model's count head, if it has one
 
     def __len__(self) -> int:
         return self.states.shape[0]
@@ -71,7 +72,8 @@ class PreparedText:
     def index(self, idx) -> "PreparedText":
         """The captions ``idx`` (an index tensor or a slice)."""
         pick = lambda t: None if t is None else t[idx]  # noqa: E731
-        return PreparedText(self.states[idx], self.mask[idx], pick(self.pooled), pick(self.embedding))
+        return PreparedText(self.states[idx], self.mask[idx], pick(self.pooled), pick(self.embedding),
+                            None if self.count is None else self.count.index(idx))
 
 
 class PreparedAudio(NamedTuple):

@@ -161,6 +161,8 @@ class RetrievalLoss:
         residual_lambda > 0   every pair logit is (s_pair + lambda_r * sg(s_dual)) / tau: the cascade
                               learns what the dual misses (``local`` or ``hard``)
         + grounding_weight * L_ground   the positive pairs' cross-attention taught event timings
+        + count_weight * L_count        the model's count head taught onsets, event frames and claimed
+                                        counts from the timings (coattn/counting.py)
     (coattn/time_binding.py, docs/time.md)
 
     Args:
@@ -177,6 +179,8 @@ class RetrievalLoss:
             event heard once a count ("a cuckoo" -> "a cuckoo twice", ``coattn.captions.add_count``).
         residual_lambda: lambda_r of the residual pair logits (0: off); evaluation fuses with it too.
         grounding_weight: weight of the attention grounding term (0: off; needs ``SceneEvents``).
+        count_weight: weight of the count head's supervised term (0: off; needs ``SceneEvents`` and a model
+            with ``count_head``): the sum of its onset, membership, claimed-count and event-word terms.
         seed: of the random negatives and rotations (drawn afresh each step).
     """
 
@@ -190,6 +194,7 @@ class RetrievalLoss:
     count_negatives: bool = False
     residual_lambda: float = 0.0
     grounding_weight: float = 0.0
+    count_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -204,6 +209,8 @@ class RetrievalLoss:
         if not (self.residual_lambda >= 0 and math.isfinite(self.residual_lambda)) or self.grounding_weight < 0:
             raise ConfigError(f"model.loss.residual_lambda and grounding_weight must be >= 0, got "
                               f"{self.residual_lambda}, {self.grounding_weight}")
+        if not (self.count_weight >= 0 and math.isfinite(self.count_weight)):
+            raise ConfigError(f"model.loss.count_weight must be >= 0, got {self.count_weight}")
         if self.count_negatives and not self.caption_negatives:
             raise ConfigError("model.loss.count_negatives adds count variants to the caption negatives: set "
                               "model.loss.caption_negatives: true as well (or count_negatives: false)")
@@ -243,6 +250,15 @@ class RetrievalLoss:
             from coattn.time_binding import positive_grounding
             out["grounding_loss"] = positive_grounding(model, prepared_text, local, audio, captions, events)
             out["loss"] = out["loss"] + self.grounding_weight * out["grounding_loss"]
+        if self.count_weight and events is not None and captions is not None:
+            if model.count_head is None:
+                raise ConfigError("model.loss.count_weight > 0 trains the count head: set model.count_head "
+                                  "(the largest count, e.g. 4) or count_weight: 0")
+            from coattn.counting import positive_count_loss
+            parts = positive_count_loss(model, prepared_text, local, captions, events)
+            out["count_loss"] = sum(parts.values())
+            out.update({f"count_{k}": v.detach() for k, v in parts.items()})
+            out["loss"] = out["loss"] + self.count_weight * out["count_loss"]
         return out
 
 

@@ -5,7 +5,8 @@ Two scoring branches share the encoders:
     dual   s_dual(i, j) = < norm(P_t(pool(T_i))), norm(P_a(pool(A_j))) >      one matmul for all pairs
     pair   s_pair(i, j) = < norm(W_t x_ij), norm(W_a y_ij) >,  (x_ij, y_ij) = Cascade(T_i W_in_t, A_j W_in_a)
 
-``pair`` is the co-attention score of the paper; it must run the cascade on every (caption,
+With ``count_head: K`` the pair score adds beta * s_count, a check that each event the caption names
+happens as many times as it says (coattn/counting.py). ``pair`` is the co-attention score of the paper; it must run the cascade on every (caption,
 clip) pair. ``dual`` is the dual-encoder baseline (cascade ``none`` uses it alone), trains with an
 auxiliary loss and gives the shortlist of two-stage retrieval. With ``dual_pooling: encoder``,
 ``dual_projection: clap`` and a LAION-CLAP checkpoint for both towers and the projections, the
@@ -32,6 +33,7 @@ from torch import nn
 
 from coattn import hub
 from coattn.coattention import ClipStage, CoAttentionCascade, masked_mean
+from coattn.counting import CountHead
 from coattn.features import PreparedAudio, PreparedText, SequenceFeatures
 from coattn.loss import Temperature
 
@@ -80,7 +82,7 @@ class CoAttnModel(nn.Module, PyTorchModelHubMixin, **hub.HUB_METADATA):
                  embed_dim: int = 512, temperature: float = 0.07, learn_temperature: bool = True,
                  dual_pooling: Literal["mean", "encoder"] = "mean",
                  dual_projection: Literal["linear", "clap"] = "linear",
-                 clap_checkpoint: str | None = None, feature_norm: bool = False):
+                 clap_checkpoint: str | None = None, feature_norm: bool = False, count_head: int = 0):
         super().__init__()
         self.audio_encoder, self.text_encoder, self.cascade = audio_encoder, text_encoder, cascade
         self.dual_pooling = dual_pooling
@@ -94,6 +96,12 @@ class CoAttnModel(nn.Module, PyTorchModelHubMixin, **hub.HUB_METADATA):
             self.text_in = InputProjection(dt, d, feature_norm)
             self.pair_audio, self.pair_text = Projection(d, embed_dim), Projection(d, embed_dim)
             self.pair_temperature = Temperature(temperature, learn_temperature)
+        self.count_head = None
+        if count_head:  # the pair score's count check (coattn/counting.py): reads the iterating audio stream
+            if cascade.kind != "iterating":
+                raise ValueError(f"count_head needs the iterating cascade (a per-pair audio stream), not "
+                                 f"{cascade.kind!r}: set model.count_head: 0 or cascade kind: iterating")
+            self.count_head = CountHead(cascade.width, max_count=count_head)
         if clap_checkpoint:
             self.load_clap_projections(clap_checkpoint, dual_projection)
         # lambda of s_pair + lambda * s_dual, chosen on validation (evaluation.fusion: auto); 0 = pair only
@@ -148,6 +156,8 @@ class CoAttnModel(nn.Module, PyTorchModelHubMixin, **hub.HUB_METADATA):
         prep = self.cascade.prepare_text(self.text_in(feats.states, feats.mask), feats.mask)
         if prep.pooled is not None:  # the text vector is pair-independent: project it once per caption
             prep.embedding = self.pair_text(prep.pooled)
+        if self.count_head is not None:
+            prep.count = self.count_head.text(prep.states, prep.mask)
         return prep
 
     def prepare_audio(self, feats: SequenceFeatures) -> PreparedAudio:
@@ -161,13 +171,19 @@ class CoAttnModel(nn.Module, PyTorchModelHubMixin, **hub.HUB_METADATA):
         The unit of work of training (a B x B grid) and of the tiled scoring engine
         (``coattn.retrieval``); ``stage`` = ``self.cascade.clip_stage(audio, clips)``.
         """
-        t, a = self.cascade.pair_vectors(text, rows, stage, inv)
+        counting = self.count_head is not None
+        t, a, *stream = self.cascade.pair_vectors(text, rows, stage, inv, frames=counting)
         a = self.pair_audio(a)  # (b, r, E)
         if t.dim() == 2:  # iterating: one text vector per caption row
             t = (self.pair_text(t) if text.embedding is None else text.embedding[rows])[:, None, :]
         else:
             t = self.pair_text(t)
-        return (t.float() * a.float()).sum(-1)  # fp32 cosines: the loss divides them by tau = 0.07
+        cos = (t.float() * a.float()).sum(-1)  # fp32 cosines: the loss divides them by tau = 0.07
+        if not counting:
+            return cos
+        y, my = stream
+        found = self.count_head.audio(y, my, text.count, rows, inv.shape[1])
+        return cos + self.count_head.beta * self.count_head.score(text.count, rows, found, my, inv.shape[1])
 
     def score_pairs(self, text: PreparedText, ti: torch.Tensor, audio: PreparedAudio, aj: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of the P pairs (caption ti[p], clip aj[p]) after co-attention: (P,)."""

@@ -67,7 +67,7 @@ class CoAttnRetrieval(pl.LightningModule):
             adds the cascade to. Off by default (the dual heads keep training through ``loss.aux_weight``).
         **model: the architecture: the arguments of ``coattn.CoAttnModel`` (audio_encoder,
             text_encoder, cascade, embed_dim, temperature, learn_temperature, dual_pooling,
-            dual_projection, clap_checkpoint, feature_norm).
+            dual_projection, clap_checkpoint, feature_norm, count_head).
     """
 
     def __init__(self, loss: RetrievalLoss = RetrievalLoss(), optim: Optim = Optim(),
@@ -84,6 +84,10 @@ class CoAttnRetrieval(pl.LightningModule):
                                        **({"freeze_dual": True} if freeze_dual else {}),
                                        **{k: v for k, v in model.items() if not isinstance(v, torch.nn.Module)}})
         self.model = CoAttnModel(**model)
+        if loss.count_weight and self.model.count_head is None:
+            from coattn.errors import ConfigError
+            raise ConfigError("model.loss.count_weight > 0 trains the count head: set model.count_head (the "
+                              "largest count a caption claims, e.g. 4) or model.loss.count_weight: 0")
         self.loss, self.optim, self.evaluation = loss, optim, evaluation
         self.feature_cache, self.init_from, self.init_pair_from_dual = feature_cache, init_from, init_pair_from_dual
         self.freeze_dual = freeze_dual
@@ -143,7 +147,8 @@ class CoAttnRetrieval(pl.LightningModule):
                 out.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(out, state)
         dm = getattr(self.trainer, "datamodule", None)
-        wants_events = self.loss.swap_negatives or self.loss.grounding_weight > 0 or self.loss.count_negatives
+        wants_events = (self.loss.swap_negatives or self.loss.grounding_weight > 0 or self.loss.count_negatives
+                        or self.loss.count_weight > 0)
         if stage == "fit" and wants_events and self.model.has_pairwise:
             if not (hasattr(dm, "set_scene_events") and dm.set_scene_events(True)):
                 log.warning("model.loss swap_negatives / grounding_weight / count_negatives: no event timings for the training clips "

@@ -49,6 +49,10 @@ variant local_bxb $L.pair_negatives=local                # every in-batch pair i
 variant more_scenes $D.root="${MORE_SCENES_ROOT:-data/real_x4}" --trainer.limit_train_batches 62 --trainer.max_epochs 6
 variant more_scenes_e10 $D.root="${MORE_SCENES_ROOT:-data/real_x4}" --trainer.limit_train_batches 62 \
   --trainer.max_epochs 10                                # ... and a longer stage 2 (620 steps): the recipe since round 5
+# round 6: the count head (coattn/counting.py): the pair score checks each named event's number of onsets against
+# the count the caption claims, its parts supervised by the timings (count_weight)
+variant count_head $D.root="${MORE_SCENES_ROOT:-data/real_x4}" --trainer.limit_train_batches 62 \
+  --trainer.max_epochs 10 --model.count_head 4 $L.count_weight=1.0
 # one lever off the round-3 recipe (count_negatives off), as measured in round 4 (docs/ablations.md)
 variant no_count_no_grounding $L.count_negatives=false $L.grounding_weight=0.0
 variant no_count_no_swap $L.count_negatives=false $L.swap_negatives=false

@@ -1,0 +1,203 @@
+"""The count head: does the clip hold each named event as many times as the caption says?
+
+Pooled vectors, and the softmax-weighted average that pools the cascade's audio stream, keep what an
+event sounds like and where, not how many times it happens: two barks and three barks average to the
+same vector. The count head adds an explicit, differentiable count check to the pair score:
+
+    text (once per caption)   w_i = sigmoid(a . x_i)                   token i names an event
+                              q_i = softmax(C x_i) over 1..K            the count the caption claims for it
+                              c_i = sum_k k q_ik
+    audio (per pair)          o_t = sigmoid(onset(Y)_t)                 an occurrence starts at frame t
+                              m_ti = sigmoid(<U y_t, V x_i> / sqrt(h) + b)   frame t is token i's event
+                              n_i = sum_t o_t m_ti                      the occurrences of token i's event
+    s_count = - sum_i w_i huber(n_i - c_i) / (sum_i w_i + eps)
+    s_pair  = cos(text, audio) + beta * s_count          (beta > 0, learned; ``CoAttnModel.score_block``)
+
+Y is the cascade's text-conditioned audio stream (``iterating``), x the caption's refined tokens; the
+onset reads Y through a width-3 temporal convolution (an onset is a change between neighbouring frames).
+Nothing here needs timings at evaluation. In training, with event timings (``coattn.time_binding.SceneEvents``),
+``count_loss`` supervises each part on the positive pairs (``RetrievalLoss.count_weight``): onsets from the
+occurrences, membership from the frames each phrase's event covers (as grounding does), the claimed count
+from the number of occurrences of the phrase's event, event-ness from the phrase spans. The contrastive
+loss trains beta and fine-tunes the rest through the score, with the count variants of the captions
+("a dog twice" -> "a dog three times") as negatives.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class CountText:
+    """The per-caption half of the count check (N, L each): event-ness logits, claimed-count logits (N, L, K)
+    and the tokens' membership keys (N, L, h)."""
+
+    event_logits: torch.Tensor
+    count_logits: torch.Tensor
+    keys: torch.Tensor
+
+    def index(self, idx) -> "CountText":
+        return CountText(self.event_logits[idx], self.count_logits[idx], self.keys[idx])
+
+
+@dataclass
+class CountAudio:
+    """The per-pair half: onset logits (P, T) and membership logits (P, T, L)."""
+
+    onset_logits: torch.Tensor
+    member_logits: torch.Tensor
+
+
+class CountHead(nn.Module):
+    """The count check of the module docstring, at cascade width ``width``.
+
+    Args:
+        width: the cascade's width d.
+        max_count: K, the largest count a caption can claim (counts above K are read as K).
+        hidden: h, the width of the frame-token membership projections.
+        beta: the initial weight of s_count in the pair score.
+    """
+
+    def __init__(self, width: int, max_count: int = 4, hidden: int = 64, beta: float = 0.1):
+        super().__init__()
+        if max_count < 2:
+            raise ValueError(f"count_head: the largest count must be >= 2, got {max_count}")
+        self.max_count, self.hidden = max_count, hidden
+        self.event = nn.Linear(width, 1)
+        self.count = nn.Linear(width, max_count)
+        self.keys = nn.Linear(width, hidden)
+        self.queries = nn.Linear(width, hidden)
+        self.member_bias = nn.Parameter(torch.zeros(()))
+        self.onset = nn.Sequential(nn.Conv1d(width, hidden, kernel_size=3, padding=1), nn.GELU(),
+                                   nn.Conv1d(hidden, 1, kernel_size=1))
+        self.log_beta = nn.Parameter(torch.tensor(math.log(beta)))
+
+    @property
+    def beta(self) -> torch.Tensor:
+        return self.log_beta.exp()
+
+    def text(self, states: torch.Tensor, mask: torch.Tensor) -> CountText:
+        """Per caption: (N, L, d) refined tokens -> ``CountText``."""
+        return CountText(self.event(states).squeeze(-1).masked_fill(~mask, float("-inf")),
+                         self.count(states), self.keys(states))
+
+    def audio(self, frames: torch.Tensor, frame_mask: torch.Tensor, text: CountText, rows: torch.Tensor,
+              r: int) -> CountAudio:
+        """Per pair: the audio stream (b r, T, d) of caption ``rows[i]`` with its r clips (consecutive)."""
+        y = frames * frame_mask[..., None].to(frames.dtype)
+        onset = self.onset(y.transpose(1, 2)).squeeze(1)  # (P, T)
+        q = self.queries(y).view(len(rows), r, y.shape[1], self.hidden)
+        member = torch.einsum("brth,blh->brtl", q, text.keys[rows]) / math.sqrt(self.hidden) + self.member_bias
+        return CountAudio(onset, member.reshape(-1, y.shape[1], member.shape[-1]))
+
+    def score(self, text: CountText, rows: torch.Tensor, audio: CountAudio, frame_mask: torch.Tensor,
+              r: int) -> torch.Tensor:
+        """s_count of the b x r pairs: (b, r), <= 0, and 0 exactly when every event token's counted
+        occurrences equal its claimed count."""
+        b = len(rows)
+        found = occurrences(audio, frame_mask).view(b, r, -1)  # (b, r, L)
+        claimed = claimed_counts(text.count_logits)[rows][:, None, :]  # (b, 1, L)
+        w = torch.sigmoid(text.event_logits[rows]).nan_to_num(0.0)[:, None, :]  # padding: sigmoid(-inf) = 0
+        miss = F.huber_loss(found, claimed.expand_as(found), reduction="none", delta=0.5)
+        return -(w * miss).sum(-1) / (w.sum(-1) + 1e-6)
+
+
+def claimed_counts(count_logits: torch.Tensor) -> torch.Tensor:
+    """Expected claimed count sum_k k q_k, (..., K) logits -> (...)."""
+    k = torch.arange(1, count_logits.shape[-1] + 1, device=count_logits.device, dtype=torch.float32)
+    return (count_logits.float().softmax(-1) * k).sum(-1)
+
+
+def occurrences(audio: CountAudio, frame_mask: torch.Tensor) -> torch.Tensor:
+    """n_i = sum_t o_t m_ti over real frames: (P, L)."""
+    onset = torch.sigmoid(audio.onset_logits.float()) * frame_mask.to(torch.float32)
+    return torch.einsum("pt,ptl->pl", onset, torch.sigmoid(audio.member_logits.float()))
+
+
+# ---------------------------------------------------------------------------------------------- supervision
+@dataclass
+class CountTargets:
+    """What the timings say about the positive pairs: onset frames (B, T) float, each frame's event (B, T) and
+    each token's event (B, L) long (-1: none), the number of occurrences of each token's event (B, L) long."""
+
+    onsets: torch.Tensor
+    frame_event: torch.Tensor
+    token_event: torch.Tensor
+    token_count: torch.Tensor
+
+
+def count_targets(times: torch.Tensor, frame_mask: torch.Tensor, token_event: torch.Tensor) -> CountTargets:
+    """Targets from ``SceneEvents.times`` (B, O, 3) (occurrences as window fractions), the frames' mask and each
+    token's event (``coattn.time_binding.token_events``). Frame t of T covers [t / T, (t + 1) / T) and shows an
+    occurrence when its centre lies inside it (``frame_events``); an occurrence starts on its first such frame
+    (or on its midpoint's frame when it is shorter than a frame), so that the onset frame is also one of the
+    event's frames: n_i = sum_t o_t m_ti counts it."""
+    from coattn.time_binding import frame_events
+
+    b, t = frame_mask.shape
+    onsets = torch.zeros(b, t, device=frame_mask.device)
+    n_events = int(times[..., 0].max().item()) + 1 if times.numel() else 0
+    per_event = torch.zeros(b, max(n_events, 1), dtype=torch.long)
+    for i in range(b):
+        for e, on, off in times[i].tolist():
+            if e < 0:
+                continue
+            first = max(0, math.ceil(on * t - 0.5))  # the first frame whose centre (f + 1/2) / T >= on
+            if first >= t or (first + 0.5) / t > off:
+                first = min(t - 1, int((on + off) / 2 * t))
+            onsets[i, first] = 1.0
+            per_event[i, int(e)] += 1
+    onsets = onsets * frame_mask.to(onsets.dtype)
+    per_event = per_event.to(token_event.device)
+    token_count = torch.where(token_event >= 0, per_event.gather(1, token_event.clamp_min(0)),
+                              torch.zeros_like(token_event))
+    return CountTargets(onsets, frame_events(times.to(frame_mask.device), frame_mask), token_event, token_count)
+
+
+def count_loss(text: CountText, audio: CountAudio, frame_mask: torch.Tensor, token_mask: torch.Tensor,
+               targets: CountTargets) -> dict[str, torch.Tensor]:
+    """Supervised terms of the count head on B positive pairs (pair b = caption b, clip b), each a mean BCE or
+    CE: ``onset`` over real frames of clips with timings, ``member`` over (real frame, event token), ``claim``
+    over event tokens (class = min(count, K) - 1), ``event`` over real tokens of captions with phrases."""
+    timed = (targets.onsets.sum(1) > 0)  # clips with occurrences
+    fm = frame_mask & timed[:, None]
+    out = {"onset": _masked_bce(audio.onset_logits, targets.onsets, fm)}
+    ev = targets.token_event >= 0
+    pairs = fm[:, :, None] & ev[:, None, :]
+    same = (targets.frame_event[:, :, None] == targets.token_event[:, None, :]).float()
+    out["member"] = _masked_bce(audio.member_logits, same, pairs)
+    k = text.count_logits.shape[-1]
+    cls = (targets.token_count.clamp(1, k) - 1)
+    out["claim"] = (F.cross_entropy(text.count_logits[ev].float(), cls[ev]) if bool(ev.any())
+                    else text.count_logits.sum() * 0.0)
+    named = token_mask & ev.any(1, keepdim=True)
+    logits = text.event_logits.masked_fill(~token_mask, 0.0)
+    out["event"] = _masked_bce(logits, ev.float(), named)
+    return out
+
+
+def _masked_bce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if not bool(mask.any()):
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[mask].float(), target[mask].float())
+
+
+def positive_count_loss(model, text_p, audio_p, captions: list[str], events) -> dict[str, torch.Tensor]:
+    """``count_loss`` of a training batch: one extra pass of the B positive pairs (caption b, clip b of the
+    prepared ``text_p``, ``audio_p``) through the cascade, tokens labelled through the tokenizer's offsets and
+    ``events.phrases``, frames and counts from ``events.times``."""
+    from coattn.time_binding import token_events
+
+    dev = audio_p.states.device
+    rows = torch.arange(len(captions), device=dev)
+    stage = model.cascade.clip_stage(audio_p, rows)
+    _, _, y, my = model.cascade.pair_vectors(text_p, rows, stage, rows[:, None], frames=True)
+    found = model.count_head.audio(y, my, text_p.count, rows, 1)
+    tokens = token_events(model.text_encoder.token_offsets(captions), events.phrases, text_p.mask.shape[1], dev)
+    tokens = tokens.masked_fill(~text_p.mask, -1)
+    return count_loss(text_p.count, found, my, text_p.mask, count_targets(events.times, my, tokens))

@@ -1,0 +1,77 @@
+"""What the count head reads on a split: per event named in a caption, the count the caption claims (text side)
+and the occurrences found in the clip (audio side), against the true count in the scene metadata.
+
+    python docs/real/count_head_check.py --config experiments/real/coattn.yaml \
+        --ckpt_path RUN/checkpoints/best.ckpt [--split test] [more overrides of the config]
+
+Each caption of a clip with timings is scored against its own clip; the tokens that name event e (the scene's
+phrase spans) give e's claimed count c and found count n (their mean over those tokens). Prints, per true count,
+how often round(c) and round(n) are right and the mean n: the count probe needs both sides right.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--ckpt_path", required=True)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--batch-size", type=int, default=16)
+    a, rest = p.parse_known_args(argv)
+    from coattn.counting import claimed_counts, occurrences
+    from coattn.model import CoAttnModel
+    from coattn.scenes import phrase_spans, read_metadata, split_scenes
+    from coattn.time_binding import token_events
+    from coattn.tools.probe import _data_module, split_audio_features
+    from coattn.train.cli import parse_only
+
+    model = CoAttnModel.from_checkpoint(a.ckpt_path)
+    if model.count_head is None:
+        print(f"{a.ckpt_path}: this model has no count head (model.count_head)", file=sys.stderr)
+        return 2
+    dm = _data_module(parse_only(["test", "--config", a.config, *rest]).config.test.data)
+    split = dm.split(a.split)
+    scenes = split_scenes(read_metadata(dm.root), split.audio_dir.name, split.fnames)
+    audio = split_audio_features(model, dm.clip_dataset(a.split), a.batch_size)
+    pa = model.prepare_audio(audio)
+    table: dict[int, list[tuple[int, int, float]]] = defaultdict(list)  # true count -> (claim ok, found ok, n)
+    with torch.no_grad():
+        for clip, caps in enumerate(split.captions):
+            scene = scenes[clip]
+            if scene is None:
+                continue
+            true = [sum(o[0] == e for o in scene.occurrences) for e in range(scene.n_events)]
+            pt = model.prepare_text(model.encode_text(list(caps)))
+            rows = torch.arange(len(caps))
+            cols = torch.full((len(caps), 1), clip)
+            uniq, inv = torch.unique(cols, return_inverse=True)
+            stage = model.cascade.clip_stage(pa, uniq)
+            _, _, y, my = model.cascade.pair_vectors(pt, rows, stage, inv, frames=True)
+            found = occurrences(model.count_head.audio(y, my, pt.count, rows, 1), my)  # (N, L)
+            claimed = claimed_counts(pt.count.count_logits)
+            tokens = token_events(model.text_encoder.token_offsets(list(caps)),
+                                  [phrase_spans(c, scene) for c in caps], pt.mask.shape[1])
+            for i in range(len(caps)):
+                for e in set(tokens[i][tokens[i] >= 0].tolist()):
+                    sel = tokens[i] == e
+                    n, c = float(found[i][sel].mean()), float(claimed[i][sel].mean())
+                    table[true[e]].append((int(round(c) == true[e]), int(round(n) == true[e]), n))
+    print(f"count head of {a.ckpt_path} on the {a.split} split")
+    print("| true count | events named | claimed right | found right | mean found |")
+    print("|---:|---:|---:|---:|---:|")
+    for k in sorted(table):
+        rows_k = table[k]
+        print(f"| {k} | {len(rows_k)} | {sum(r[0] for r in rows_k) / len(rows_k):.2f} | "
+              f"{sum(r[1] for r in rows_k) / len(rows_k):.2f} | {sum(r[2] for r in rows_k) / len(rows_k):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The count head (coattn/counting.py): its score is 0 exactly when each event token's counted onsets equal the
+count its caption claims, its targets come from the timings, it trains through the loss, and every scoring path
+(grid, pair lists, tiles, exported folders) gives the same score."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from coattn.coattention import CoAttentionCascade
+from coattn.counting import CountAudio, CountHead, CountText, count_loss, count_targets, occurrences
+from coattn.errors import ConfigError
+from coattn.loss import RetrievalLoss
+from coattn.model import CoAttnModel, build_component
+from coattn.retrieval.tiling import score_matrix, score_pair_list
+from coattn.time_binding import SceneEvents
+from tests.test_coattention import FakeEncoder, feats
+from tests.test_time_binding import CAPTIONS, WordEncoder, batch
+
+BIG = 30.0  # a logit that is a certainty
+
+
+def head_inputs(claims: list[int], onsets: list[int], frame_event: list[int], token_event: list[int], k: int = 4):
+    """One caption and one clip by hand: token j claims claims[j] (event tokens only), frames in ``onsets`` start
+    an occurrence, frame t shows event frame_event[t], token j names event token_event[j]."""
+    lt, t = len(token_event), len(frame_event)
+    count = torch.full((1, lt, k), -BIG)
+    for j, c in enumerate(claims):
+        if c:
+            count[0, j, c - 1] = BIG
+    event = torch.tensor([[BIG if e >= 0 else -BIG for e in token_event]])
+    text = CountText(event, count, torch.zeros(1, lt, 8))
+    onset = torch.full((1, t), -BIG)
+    onset[0, onsets] = BIG
+    member = torch.tensor([[[BIG if f == e and f >= 0 else -BIG for e in token_event] for f in frame_event]])
+    return text, CountAudio(onset, member)
+
+
+def test_count_score_is_zero_exactly_when_the_counts_match():
+    head = CountHead(width=16, max_count=4)
+    frames = [0, 0, 0, 0, -1, 1, 1, -1]  # event 0 twice (onsets at frames 0 and 2), event 1 once (frame 5)
+    mask = torch.ones(1, len(frames), dtype=torch.bool)
+    rows = torch.tensor([0])
+    scores = {}
+    for claims in ([0, 2, 0, 1], [0, 3, 0, 1], [0, 1, 0, 1], [0, 2, 0, 3]):
+        text, audio = head_inputs(claims, [0, 2, 5], frames, [-1, 0, -1, 1])
+        torch.testing.assert_close(occurrences(audio, mask), torch.tensor([[0.0, 2.0, 0.0, 1.0]]))
+        scores[tuple(claims)] = float(head.score(text, rows, audio, mask, 1))
+    assert scores[(0, 2, 0, 1)] == pytest.approx(0.0, abs=1e-6)
+    assert all(s < -0.1 for c, s in scores.items() if c != (0, 2, 0, 1))
+    assert scores[(0, 2, 0, 3)] < scores[(0, 3, 0, 1)]  # two counts off costs more than one
+    # a padded frame's onset does not count
+    text, audio = head_inputs([0, 2, 0, 1], [0, 2, 5, 7], frames[:7] + [1], [-1, 0, -1, 1])
+    assert float(head.score(text, rows, audio, torch.tensor([[True] * 7 + [False]]), 1)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_count_targets_come_from_the_timings():
+    times = torch.tensor([[[0, 0.0, 0.2], [0, 0.25, 0.45], [1, 0.58, 0.9]],
+                          [[0, 0.1, 0.3], [-1, -1.0, -1.0], [-1, -1.0, -1.0]]])
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 8:] = False
+    tokens = torch.tensor([[-1, 0, 0, -1, 1], [-1, 0, -1, -1, -1]])
+    got = count_targets(times, mask, tokens)
+    # the first frame whose centre is inside each occurrence (centres 0.05, 0.15, ...), not the frame holding the
+    # onset (0.58 lies in frame 5, whose centre 0.55 is before it): the onset frame is one of the event's frames
+    assert got.onsets[0].nonzero().flatten().tolist() == [0, 2, 6]
+    assert got.onsets[1].nonzero().flatten().tolist() == [1]
+    assert bool((got.frame_event[got.onsets.bool()] >= 0).all())
+    assert got.token_count.tolist() == [[0, 2, 2, 0, 1], [0, 1, 0, 0, 0]]
+    assert got.frame_event[0].tolist() == [0, 0, 0, 0, 0, -1, 1, 1, 1, -1]
+    # the supervised terms are lowest for a head that already matches the timings
+    text, audio = head_inputs([0, 2, 2, 0, 1], [0, 2, 6], got.frame_event[0].tolist(), tokens[0].tolist())
+    right = count_loss(text, audio, mask[:1], torch.ones(1, 5, dtype=torch.bool),
+                       count_targets(times[:1], mask[:1], tokens[:1]))
+    assert all(float(v) < 1e-6 for v in right.values())
+    text, audio = head_inputs([0, 3, 3, 0, 1], [0, 6], got.frame_event[0].tolist(), tokens[0].tolist())
+    wrong = count_loss(text, audio, mask[:1], torch.ones(1, 5, dtype=torch.bool),
+                       count_targets(times[:1], mask[:1], tokens[:1]))
+    assert float(wrong["claim"]) > 1.0 and float(wrong["onset"]) > 1.0
+
+
+def count_model(seed: int = 0) -> CoAttnModel:
+    torch.manual_seed(seed)
+    cascade = CoAttentionCascade(kind="iterating", depth=2, width=32, heads=4, ffn_dim=64, dropout=0.0,
+                                 positions="relative")
+    return CoAttnModel(FakeEncoder(24), WordEncoder(20), cascade, embed_dim=16, count_head=4).train()
+
+
+def test_count_term_trains_the_head_through_the_loss():
+    text, audio, clips = batch()
+    m = count_model()
+    times = torch.tensor([[0, 0.0, 0.2], [0, 0.25, 0.45], [1, 0.55, 1.0]]).expand(4, 3, 3).clone()
+    events = SceneEvents(times, [[(0, 2, 6), (1, 14, 18)]] * 4)  # the two nouns of each caption
+    out = RetrievalLoss(count_weight=0.5)(m, audio, text, clips, clips, CAPTIONS, events)
+    parts = sum(out[f"count_{k}"] for k in ("onset", "member", "claim", "event"))
+    torch.testing.assert_close(out["count_loss"].detach(), parts)
+    torch.testing.assert_close(out["loss"], out["pair_loss"] + 0.5 * out["dual_loss"] + 0.5 * out["count_loss"])
+    m.zero_grad()
+    out["loss"].backward()
+    for name in ("count_head.onset.0.weight", "count_head.count.weight", "count_head.log_beta",
+                 "cascade.audio_layers.1.guided_attn.q.weight"):
+        assert float(dict(m.named_parameters())[name].grad.abs().sum()) > 0, name
+    assert "count_loss" not in RetrievalLoss()(m, audio, text, clips, clips, CAPTIONS, events)  # off by default
+    plain = CoAttnModel(FakeEncoder(24), WordEncoder(20), m.cascade, embed_dim=16)
+    with pytest.raises(ConfigError, match="model.count_head"):
+        RetrievalLoss(count_weight=0.5)(plain, audio, text, clips, clips, CAPTIONS, events)
+    with pytest.raises(ConfigError, match="count_weight"):
+        RetrievalLoss(count_weight=-1.0)
+    with pytest.raises(ValueError, match="iterating"):
+        CoAttnModel(FakeEncoder(24), WordEncoder(20), CoAttentionCascade(kind="stacking", width=32, heads=4),
+                    count_head=4)
+
+
+def test_count_head_changes_the_pair_score_and_every_path_agrees():
+    m = count_model().eval()
+    text, audio = feats(5, 5, 20, [5, 4, 3, 2, 5]), feats(4, 6, 24, [6, 3, 5, 6], seed=4)
+    with torch.no_grad():
+        m.count_head.log_beta.fill_(0.0)
+        pt, pa = m.prepare_text(text), m.prepare_audio(audio)
+        full = m.score_grid(pt, pa)
+        torch.testing.assert_close(score_matrix(m, pt, pa, tile_pairs=3), full, atol=1e-5, rtol=1e-5)
+        ti, aj = torch.tensor([4, 0, 0, 2]), torch.tensor([1, 3, 0, 0])
+        torch.testing.assert_close(score_pair_list(m, pt, pa, ti, aj, tile_pairs=2), full[ti, aj],
+                                   atol=1e-5, rtol=1e-5)
+        m.count_head.log_beta.fill_(-80.0)  # beta ~ 0: the cosine alone
+        assert not torch.allclose(m.score_grid(pt, pa), full, atol=1e-3)
+
+
+def test_count_head_survives_export(tmp_path):
+    def part(cls: str, **args) -> torch.nn.Module:
+        return build_component({"class_path": cls, "init_args": args}, torch.nn.Module)
+
+    torch.manual_seed(0)
+    model = CoAttnModel(part("coattn.encoders.ClapAudioEncoder", config="HTSAT-mini"),
+                        part("coattn.encoders.TinyTextEncoder", hidden_size=32, num_layers=1, num_heads=2,
+                             intermediate_size=64, vocab_size=300, max_length=12),
+                        part("coattn.coattention.CoAttentionCascade", kind="iterating", depth=1, width=32, heads=2,
+                             ffn_dim=64),
+                        embed_dim=16, count_head=3).eval()
+    model.text_encoder.fit_tokenizer(CAPTIONS)
+    model.save_pretrained(tmp_path / "out")
+    got = CoAttnModel.from_pretrained(tmp_path / "out")
+    assert got.count_head is not None and got.count_head.max_count == 3
+    wave = 0.1 * torch.randn(2, 480000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before, after = (m.score_grid(m.prepare_text(m.encode_text(CAPTIONS[:3])), m.prepare_audio(m.encode_audio(wave)))
+                         for m in (model, got))
+    assert torch.equal(before, after)

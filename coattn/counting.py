@@ -11,7 +11,7 @@ same vector. The count head adds an explicit, differentiable count check to the 
                               m_ti = sigmoid(<U y_t, V x_i> / sqrt(h) + b)   frame t is token i's event
                               n_i = sum_t o_t m_ti                      the occurrences of token i's event
     s_count = - sum_i w_i huber(n_i - c_i) / (sum_i w_i + eps)
-    s_pair  = cos(text, audio) + beta * s_count          (beta > 0, learned; ``CoAttnModel.score_block``)
+    s_pair  = cos(text, audio) + beta * s_count          (beta > 0, learned from ``count_beta``; ``score_block``)
 
 Y is the cascade's text-conditioned audio stream (``iterating``), x the caption's refined tokens; the
 onset reads Y through a width-3 temporal convolution (an onset is a change between neighbouring frames).
@@ -60,13 +60,17 @@ class CountHead(nn.Module):
         width: the cascade's width d.
         max_count: K, the largest count a caption can claim (counts above K are read as K).
         hidden: h, the width of the frame-token membership projections.
-        beta: the initial weight of s_count in the pair score.
+        beta: the initial weight of s_count in the pair score (then learned). At 1.0 one count off on one of
+            three events costs ~0.125 in cosine units, 2-4 logits at the learned temperatures; the gradient the
+            contrastive loss gives beta is small, so its start matters (docs/time.md, section 4).
     """
 
-    def __init__(self, width: int, max_count: int = 4, hidden: int = 64, beta: float = 0.1):
+    def __init__(self, width: int, max_count: int = 4, hidden: int = 64, beta: float = 1.0):
         super().__init__()
         if max_count < 2:
             raise ValueError(f"count_head: the largest count must be >= 2, got {max_count}")
+        if not (beta > 0 and math.isfinite(beta)):
+            raise ValueError(f"count_beta must be > 0, got {beta}")
         self.max_count, self.hidden = max_count, hidden
         self.event = nn.Linear(width, 1)
         self.count = nn.Linear(width, max_count)

@@ -105,6 +105,8 @@ def test_count_term_trains_the_head_through_the_loss():
         RetrievalLoss(count_weight=0.5)(plain, audio, text, clips, clips, CAPTIONS, events)
     with pytest.raises(ConfigError, match="count_weight"):
         RetrievalLoss(count_weight=-1.0)
+    with pytest.raises(ValueError, match="count_beta must be > 0"):
+        CoAttnModel(FakeEncoder(24), WordEncoder(20), m.cascade, count_head=4, count_beta=0.0)
     with pytest.raises(ValueError, match="iterating"):
         CoAttnModel(FakeEncoder(24), WordEncoder(20), CoAttentionCascade(kind="stacking", width=32, heads=4),
                     count_head=4)

@@ -83,7 +83,7 @@ class CoAttnModel(nn.Module, PyTorchModelHubMixin, **hub.HUB_METADATA):
                  dual_pooling: Literal["mean", "encoder"] = "mean",
                  dual_projection: Literal["linear", "clap"] = "linear",
                  clap_checkpoint: str | None = None, feature_norm: bool = False, count_head: int = 0,
-                 count_beta: float = 1.0):
+                 count_beta: float = 1.0, count_detach: bool = True):
         super().__init__()
         self.audio_encoder, self.text_encoder, self.cascade = audio_encoder, text_encoder, cascade
         self.dual_pooling = dual_pooling
@@ -102,7 +102,7 @@ class CoAttnModel(nn.Module, PyTorchModelHubMixin, **hub.HUB_METADATA):
             if cascade.kind != "iterating":
                 raise ValueError(f"count_head needs the iterating cascade (a per-pair audio stream), not "
                                  f"{cascade.kind!r}: set model.count_head: 0 or cascade kind: iterating")
-            self.count_head = CountHead(cascade.width, max_count=count_head, beta=count_beta)
+            self.count_head = CountHead(cascade.width, max_count=count_head, beta=count_beta, detach=count_detach)
         if clap_checkpoint:
             self.load_clap_projections(clap_checkpoint, dual_projection)
         # lambda of s_pair + lambda * s_dual, chosen on validation (evaluation.fusion: auto); 0 = pair only

@@ -147,3 +147,19 @@ def test_count_head_survives_export(tmp_path):
         before, after = (m.score_grid(m.prepare_text(m.encode_text(CAPTIONS[:3])), m.prepare_audio(m.encode_audio(wave)))
                          for m in (model, got))
     assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_detached_count_check_leaves_the_head_to_its_supervised_term(detach):
+    """count_detach (default): the contrastive loss trains beta alone; trained through the score, the head too."""
+    text, audio, clips = batch()
+    torch.manual_seed(0)
+    cascade = CoAttentionCascade(kind="iterating", depth=2, width=32, heads=4, ffn_dim=64, dropout=0.0,
+                                 positions="relative")
+    m = CoAttnModel(FakeEncoder(24), WordEncoder(20), cascade, embed_dim=16, count_head=4, count_detach=detach).train()
+    out = RetrievalLoss()(m, audio, text, clips, clips, CAPTIONS)  # no count term: the contrastive loss alone
+    out["pair_loss"].backward()
+    grads = {n: p.grad for n, p in m.count_head.named_parameters()}
+    assert float(grads["log_beta"].abs()) > 0
+    moved = [n for n, g in grads.items() if n != "log_beta" and g is not None and float(g.abs().sum()) > 0]
+    assert bool(moved) != detach, moved

@@ -1,12 +1,16 @@
 """What the count head reads on a split: per event named in a caption, the count the caption claims (text side)
-and the occurrences found in the clip (audio side), against the true count in the scene metadata.
+and the occurrences found in the clip (audio side), against the true count in the scene metadata; with --betas,
+also the probes with the count check's weight beta set by hand.
 
     python docs/real/count_head_check.py --config experiments/real/coattn.yaml \
-        --ckpt_path RUN/checkpoints/best.ckpt [--split test] [more overrides of the config]
+        --ckpt_path RUN/checkpoints/best.ckpt [--split test] [--betas 0.25 0.5 1 2 1e4] [more config overrides]
 
 Each caption of a clip with timings is scored against its own clip; the tokens that name event e (the scene's
 phrase spans) give e's claimed count c and found count n (their mean over those tokens). Prints, per true count,
-how often round(c) and round(n) are right and the mean n: the count probe needs both sides right.
+how often round(c) and round(n) are right and the mean n: the count probe needs both sides right. --betas prints
+the order and count probes (pair / fused) at the trained beta and at each given one: how much of the count probe
+the head's counts could carry at another weight. A diagnostic of round 6 (docs/ablations.md): run the sweep on
+the validation split, never to pick a test number.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ckpt_path", required=True)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--betas", nargs="*", type=float, default=[], help="also the probes at these betas")
     a, rest = p.parse_known_args(argv)
     from coattn.counting import claimed_counts, occurrences
     from coattn.model import CoAttnModel
@@ -70,7 +75,34 @@ def main(argv: list[str] | None = None) -> int:
         rows_k = table[k]
         print(f"| {k} | {len(rows_k)} | {sum(r[0] for r in rows_k) / len(rows_k):.2f} | "
               f"{sum(r[1] for r in rows_k) / len(rows_k):.2f} | {sum(r[2] for r in rows_k) / len(rows_k):.2f} |")
+    if a.betas:
+        beta_sweep(model, dm, split, audio, a.betas)
     return 0
+
+
+def beta_sweep(model, dm, split, audio, betas: list[float]) -> None:
+    """The order and count probes (pair / fused) at the trained beta, then at each of ``betas``."""
+    import math
+
+    from coattn.probe import items_from_metadata, run_probe
+
+    captions = [c for caps in split.captions for c in caps]
+    caption_clip = [i for i, caps in enumerate(split.captions) for _ in caps]
+    items = items_from_metadata(Path(dm.root) / "synth_metadata.json", split.audio_dir.name, split.fnames, captions,
+                                caption_clip)
+    trained = float(model.count_head.log_beta.detach())
+    print(f"\nprobes with beta set by hand ({len(items)} items), pair / fused")
+    print("| beta | order | count |")
+    print("|---|---|---|")
+    for beta in [None, *betas]:
+        with torch.no_grad():
+            model.count_head.log_beta.fill_(trained if beta is None else math.log(beta))
+        r = run_probe(model, audio, items, float(model.fusion_lambda))
+        name = f"{math.exp(trained):.3f} (trained)" if beta is None else f"{beta:g}"
+        cells = [f"{r[k]['pair']:.3f} / {r[k].get('fused', float('nan')):.3f}" if k in r else "-" for k in ("order", "count")]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    with torch.no_grad():
+        model.count_head.log_beta.fill_(trained)
 
 
 if __name__ == "__main__":

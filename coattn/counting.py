@@ -11,18 +11,16 @@ same vector. The count head adds an explicit, differentiable count check to the 
                               m_ti = sigmoid(<U y_t, V x_i> / sqrt(h) + b)   frame t is token i's event
                               n_i = sum_t o_t m_ti                      the occurrences of token i's event
     s_count = - sum_i w_i huber(n_i - c_i) / (sum_i w_i + eps)
-    s_pair  = cos(text, audio) + beta * s_count          (beta > 0, learned from ``count_beta``; ``score_block``)
+    s_pair  = cos(text, audio) + beta * sg(s_count)      (beta > 0, learned from ``count_beta``; ``score_block``)
 
 Y is the cascade's text-conditioned audio stream (``iterating``), x the caption's refined tokens; the
 onset reads Y through a width-3 temporal convolution (an onset is a change between neighbouring frames).
-Nothing here needs timings at evaluation. By default (``detach``) s_count enters the pair score as a fixed
-input: the contrastive loss trains beta alone, and the head is trained by its own supervised term. In training,
-with event timings (``coattn.time_binding.SceneEvents``),
+Nothing here needs timings at evaluation. In training, with event timings (``coattn.time_binding.SceneEvents``),
 ``count_loss`` supervises each part on the positive pairs (``RetrievalLoss.count_weight``): onsets from the
 occurrences, membership from the frames each phrase's event covers (as grounding does), the claimed count
-from the number of occurrences of the phrase's event, event-ness from the phrase spans. The contrastive
-loss trains beta and fine-tunes the rest through the score, with the count variants of the captions
-("a dog twice" -> "a dog three times") as negatives.
+from the number of occurrences of the phrase's event, event-ness from the phrase spans. By default (``detach``)
+s_count enters the pair score detached: that supervised term alone trains the head, and the contrastive loss,
+with the count variants of the captions ("a dog twice" -> "a dog three times") among its negatives, trains beta.
 """
 from __future__ import annotations
 

@@ -24,10 +24,8 @@ Cascades (layer n = 1..N; X0, Y0 are the encoders' features projected to width d
     none       no co-attention: the dual-encoder baseline (pooled encoder outputs)
 
 Pooling turns XN, YN into one vector per modality: masked mean, or MCAN's attention pooling
-(AttFlat): alpha = softmax_t(MLP(x_t)) over real positions, v = W sum_t alpha_t x_t.
-
-Padding never changes a real position's output: every attention takes a key padding mask and
-every pooling a masked softmax/mean, which the tests check by appending padding.
+(AttFlat): alpha = softmax_t(MLP(x_t)) over real positions, v = W sum_t alpha_t x_t. Padding never
+changes a real position's output (key padding masks, masked pooling; tested by appending padding).
 
 A score needs one cascade pass per (caption, clip) pair (Clotho's evaluation: 5,225 x 1,045 =
 5.46 M passes), so the cascade itself moves pair-independent work out of the pair loop. Pairs come
@@ -381,21 +379,18 @@ class CoAttentionCascade(nn.Module):
 
         Returns (text, audio): audio (b, r, d); text (b, r, d), or (b, d) for ``iterating``, whose
         text vector does not depend on the clip. Any pair set is a block: a grid (training, exact
-        evaluation: inv = arange(M) on every row), shortlists (re-ranking), single pairs (r = 1).
-        ``frames`` (``iterating`` only): also the audio stream before pooling and its mask, (b r, T, d)
-        and (b r, T) (the count head reads it frame by frame).
+        evaluation: inv = arange(M) on every row), shortlists (re-ranking), single pairs (r = 1). ``frames``
+        (iterating): also the unpooled audio stream (b r, T, d) and its mask (the count head reads it).
         """
-        if self.kind == "none":
-            raise RuntimeError("cascade kind 'none' has no pairwise stage; score with the dual branch")
-        if frames and self.kind != "iterating":
-            raise RuntimeError(f"the pair frames need the iterating cascade, not {self.kind!r}")
+        if self.kind == "none" or (frames and self.kind != "iterating"):
+            raise RuntimeError(f"cascade kind {self.kind!r} has no per-pair audio stream here; score with the dual "
+                               "branch (none) or use iterating")
         b, r = inv.shape
         flat = inv.reshape(-1)
         y, my = stage.states[flat], stage.mask[flat]  # (b r, T, d): row i's r clips are consecutive
         if self.kind == "iterating":
             y = self.pair_frames(text, rows, stage, inv)
-            out = (text.pooled[rows], self.audio_pool(y, my).view(b, r, -1))
-            return (*out, y, my) if frames else out
+            return (text.pooled[rows], self.audio_pool(y, my).view(b, r, -1), *((y, my) if frames else ()))
         ti = rows.repeat_interleave(r)
         x, mx = text.states[ti], text.mask[ti]
         for n in range(self.depth):  # single / stacking: both streams read the previous layer

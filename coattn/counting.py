@@ -34,15 +34,24 @@ from torch import nn
 
 @dataclass
 class CountText:
-    """The per-caption half of the count check (N, L each): event-ness logits, claimed-count logits (N, L, K)
-    and the tokens' membership keys (N, L, h)."""
+    """The per-caption half of the count check, computed once per caption: event-ness logits (N, L; padding
+    -inf), claimed-count logits (N, L, K), the tokens' membership keys (N, L, h), and from them w_i (N, L) and
+    c_i (N, L), which every pair of the caption reads."""
 
     event_logits: torch.Tensor
     count_logits: torch.Tensor
     keys: torch.Tensor
+    weight: torch.Tensor
+    claimed: torch.Tensor
+
+    @staticmethod
+    def of(event_logits: torch.Tensor, count_logits: torch.Tensor, keys: torch.Tensor) -> "CountText":
+        return CountText(event_logits, count_logits, keys, torch.sigmoid(event_logits.float()),
+                         claimed_counts(count_logits))
 
     def index(self, idx) -> "CountText":
-        return CountText(self.event_logits[idx], self.count_logits[idx], self.keys[idx])
+        return CountText(self.event_logits[idx], self.count_logits[idx], self.keys[idx], self.weight[idx],
+                         self.claimed[idx])
 
 
 @dataclass
@@ -92,8 +101,8 @@ class CountHead(nn.Module):
 
     def text(self, states: torch.Tensor, mask: torch.Tensor) -> CountText:
         """Per caption: (N, L, d) refined tokens -> ``CountText``."""
-        return CountText(self.event(states).squeeze(-1).masked_fill(~mask, float("-inf")),
-                         self.count(states), self.keys(states))
+        return CountText.of(self.event(states).squeeze(-1).masked_fill(~mask, float("-inf")), self.count(states),
+                            self.keys(states))
 
     def audio(self, frames: torch.Tensor, frame_mask: torch.Tensor, text: CountText, rows: torch.Tensor,
               r: int) -> CountAudio:
@@ -110,8 +119,8 @@ class CountHead(nn.Module):
         occurrences equal its claimed count."""
         b = len(rows)
         found = occurrences(audio, frame_mask).view(b, r, -1)  # (b, r, L)
-        claimed = claimed_counts(text.count_logits)[rows][:, None, :]  # (b, 1, L)
-        w = torch.sigmoid(text.event_logits[rows]).nan_to_num(0.0)[:, None, :]  # padding: sigmoid(-inf) = 0
+        claimed = text.claimed[rows][:, None, :]  # (b, 1, L)
+        w = text.weight[rows][:, None, :]  # padding: sigmoid(-inf) = 0
         miss = F.huber_loss(found, claimed.expand_as(found), reduction="none", delta=0.5)
         s = -(w * miss).sum(-1) / (w.sum(-1) + 1e-6)
         return s.detach() if self.detach else s
@@ -141,12 +150,13 @@ class CountTargets:
     token_count: torch.Tensor
 
 
-def count_targets(times: torch.Tensor, frame_mask: torch.Tensor, token_event: torch.Tensor) -> CountTargets:
+def count_targets(times: torch.Tensor, frame_mask: torch.Tensor, token_event: torch.Tensor,
+                  frame_event: torch.Tensor | None = None) -> CountTargets:
     """Targets from ``SceneEvents.times`` (B, O, 3) (occurrences as window fractions), the frames' mask and each
     token's event (``coattn.time_binding.token_events``). Frame t of T covers [t / T, (t + 1) / T) and shows an
     occurrence when its centre lies inside it (``frame_events``); an occurrence starts on its first such frame
     (or on its midpoint's frame when it is shorter than a frame), so that the onset frame is also one of the
-    event's frames: n_i = sum_t o_t m_ti counts it."""
+    event's frames: n_i = sum_t o_t m_ti counts it. ``frame_event``: ``frame_events`` of the same, if at hand."""
     from coattn.time_binding import frame_events
 
     b, t = frame_mask.shape
@@ -166,7 +176,9 @@ def count_targets(times: torch.Tensor, frame_mask: torch.Tensor, token_event: to
     per_event = per_event.to(token_event.device)
     token_count = torch.where(token_event >= 0, per_event.gather(1, token_event.clamp_min(0)),
                               torch.zeros_like(token_event))
-    return CountTargets(onsets, frame_events(times.to(frame_mask.device), frame_mask), token_event, token_count)
+    if frame_event is None:
+        frame_event = frame_events(times.to(frame_mask.device), frame_mask)
+    return CountTargets(onsets, frame_event, token_event, token_count)
 
 
 def count_loss(text: CountText, audio: CountAudio, frame_mask: torch.Tensor, token_mask: torch.Tensor,
@@ -197,17 +209,30 @@ def _masked_bce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     return F.binary_cross_entropy_with_logits(logits[mask].float(), target[mask].float())
 
 
-def positive_count_loss(model, text_p, audio_p, captions: list[str], events) -> dict[str, torch.Tensor]:
-    """``count_loss`` of a training batch: one extra pass of the B positive pairs (caption b, clip b of the
-    prepared ``text_p``, ``audio_p``) through the cascade, tokens labelled through the tokenizer's offsets and
-    ``events.phrases``, frames and counts from ``events.times``."""
-    from coattn.time_binding import token_events
+def pair_counts(model, text_p, rows: torch.Tensor, audio_p, clips: torch.Tensor) -> tuple[CountAudio, torch.Tensor]:
+    """The count head's audio side of the pairs (caption ``rows[p]``, clip ``clips[p]``) and their frame mask
+    (P, T): one cascade pass per pair (the training term's positives, ``docs/real/count_head_check.py``)."""
+    uniq, inv = torch.unique(clips, return_inverse=True)
+    stage = model.cascade.clip_stage(audio_p, uniq)
+    _, _, y, my = model.cascade.pair_vectors(text_p, rows, stage, inv[:, None], frames=True)
+    return model.count_head.audio(y, my, text_p.count, rows, 1), my
 
-    dev = audio_p.states.device
-    rows = torch.arange(len(captions), device=dev)
-    stage = model.cascade.clip_stage(audio_p, rows)
-    _, _, y, my = model.cascade.pair_vectors(text_p, rows, stage, rows[:, None], frames=True)
-    found = model.count_head.audio(y, my, text_p.count, rows, 1)
-    tokens = token_events(model.text_encoder.token_offsets(captions), events.phrases, text_p.mask.shape[1], dev)
-    tokens = tokens.masked_fill(~text_p.mask, -1)
-    return count_loss(text_p.count, found, my, text_p.mask, count_targets(events.times, my, tokens))
+
+def require_count_head(model) -> None:
+    """The one-line error of ``loss.count_weight > 0`` on a model without a count head."""
+    if model.count_head is None:
+        from coattn.errors import ConfigError
+        raise ConfigError("model.loss.count_weight > 0 trains the count head: set model.count_head (the largest "
+                          "count a caption claims, e.g. 4) or model.loss.count_weight: 0")
+
+
+def positive_count_loss(model, text_p, audio_p, events, labels: tuple[torch.Tensor, torch.Tensor]
+                        ) -> dict[str, torch.Tensor]:
+    """``count_loss`` of a training batch: one extra cascade pass of the B positive pairs (caption b, clip b of the
+    prepared ``text_p``, ``audio_p``); ``labels``: each frame's and token's event
+    (``coattn.time_binding.positive_labels``), counts from ``events.times``."""
+    require_count_head(model)
+    rows = torch.arange(len(text_p), device=audio_p.states.device)
+    found, my = pair_counts(model, text_p, rows, audio_p, rows)
+    frames, tokens = labels
+    return count_loss(text_p.count, found, my, text_p.mask, count_targets(events.times, my, tokens, frames))

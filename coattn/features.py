@@ -64,7 +64,7 @@ class PreparedText:
     mask: torch.Tensor
     pooled: torch.Tensor | None = None
     embedding: torch.Tensor | None = None
-    count: Any = None  # coattn.counting.CountText of the model's count head, if it has one
+    count: Any = None  # coattn.counting.CountText: the per-caption half of the model's count head, if any
 
     def __len__(self) -> int:
         return self.states.shape[0]

@@ -246,19 +246,20 @@ class RetrievalLoss:
             sims = residual_scores(sims, fp32_similarity(dual_t, dual_a), self.residual_lambda)  # local only
             out["pair_loss"] = nt_xent(sims * model.pair_temperature.scale, caption_clip, col_clip, targets)
         out["loss"] = out["pair_loss"] + self.aux_weight * out["dual_loss"]
-        if self.grounding_weight and events is not None and captions is not None:
-            from coattn.time_binding import positive_grounding
-            out["grounding_loss"] = positive_grounding(model, prepared_text, local, audio, captions, events)
-            out["loss"] = out["loss"] + self.grounding_weight * out["grounding_loss"]
-        if self.count_weight and events is not None and captions is not None:
-            if model.count_head is None:
-                raise ConfigError("model.loss.count_weight > 0 trains the count head: set model.count_head "
-                                  "(the largest count, e.g. 4) or count_weight: 0")
-            from coattn.counting import positive_count_loss
-            parts = positive_count_loss(model, prepared_text, local, captions, events)
-            out["count_loss"] = sum(parts.values())
-            out.update({f"count_{k}": v.detach() for k, v in parts.items()})
-            out["loss"] = out["loss"] + self.count_weight * out["count_loss"]
+        grounding = bool(self.grounding_weight)
+        counting = bool(self.count_weight)
+        if (grounding or counting) and events is not None and captions is not None:
+            from coattn.time_binding import positive_grounding, positive_labels
+            labels = positive_labels(model, prepared_text, local.mask, captions, events)
+            if grounding:
+                out["grounding_loss"] = positive_grounding(model, prepared_text, local, labels)
+                out["loss"] = out["loss"] + self.grounding_weight * out["grounding_loss"]
+            if counting:
+                from coattn.counting import positive_count_loss
+                parts = positive_count_loss(model, prepared_text, local, events, labels)
+                out["count_loss"] = sum(parts.values())
+                out.update({f"count_{k}": v.detach() for k, v in parts.items()})
+                out["loss"] = out["loss"] + self.count_weight * out["count_loss"]
         return out
 
 

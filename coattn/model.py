@@ -5,9 +5,9 @@ Two scoring branches share the encoders:
     dual   s_dual(i, j) = < norm(P_t(pool(T_i))), norm(P_a(pool(A_j))) >      one matmul for all pairs
     pair   s_pair(i, j) = < norm(W_t x_ij), norm(W_a y_ij) >,  (x_ij, y_ij) = Cascade(T_i W_in_t, A_j W_in_a)
 
-With ``count_head: K`` the pair score adds beta * s_count, a check that each event the caption names
-happens as many times as it says (coattn/counting.py). ``pair`` is the co-attention score of the paper; it must run the cascade on every (caption,
-clip) pair. ``dual`` is the dual-encoder baseline (cascade ``none`` uses it alone), trains with an
+``pair`` is the co-attention score of the paper; it must run the cascade on every (caption,
+clip) pair; with ``count_head: K`` it adds beta * s_count, a check that each event the caption names
+happens as many times as it says (coattn/counting.py). ``dual`` is the dual-encoder baseline (cascade ``none`` uses it alone), trains with an
 auxiliary loss and gives the shortlist of two-stage retrieval. With ``dual_pooling: encoder``,
 ``dual_projection: clap`` and a LAION-CLAP checkpoint for both towers and the projections, the
 dual branch *is* CLAP's zero-shot retrieval model.

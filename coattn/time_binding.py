@@ -200,18 +200,24 @@ def residual_scores(scores: torch.Tensor, dual: torch.Tensor | None, lam: float)
     return scores + lam * dual.detach().float()
 
 
-def positive_grounding(model, text_p, audio_p, audio: SequenceFeatures, captions: list[str],
-                       events: SceneEvents) -> torch.Tensor:
+def positive_labels(model, text_p, frame_mask: torch.Tensor, captions: list[str],
+                    events: SceneEvents) -> tuple[torch.Tensor, torch.Tensor]:
+    """The event of each frame (B, T), from ``events.times``, and of each real token (B, L), from
+    ``events.phrases`` through the tokenizer's offsets, for the B positive pairs of a training batch: read once
+    per step by the grounding and the count terms."""
+    dev = frame_mask.device
+    frames = frame_events(events.times.to(dev), frame_mask)
+    tokens = token_events(model.text_encoder.token_offsets(captions), events.phrases, text_p.mask.shape[1], dev)
+    return frames, tokens.masked_fill(~text_p.mask, -1)
+
+
+def positive_grounding(model, text_p, audio_p, labels: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """The grounding term of a training batch: one extra cascade pass over the B positive pairs (caption b,
-    clip b) with their guided attention recorded (with gradients), frames labelled from ``events.times``
-    and tokens from ``events.phrases`` through the tokenizer's offsets (``maps_grounding_loss``)."""
+    clip b) with their guided attention recorded (with gradients); ``labels``: ``positive_labels``
+    (``maps_grounding_loss``)."""
     from coattn.coattention import capture_attention
 
-    dev = audio.states.device
-    rows = torch.arange(len(captions), device=dev)
-    frames = frame_events(events.times.to(dev), audio.mask)
-    tokens = token_events(model.text_encoder.token_offsets(captions), events.phrases, text_p.mask.shape[1], dev)
-    tokens = tokens.masked_fill(~text_p.mask, -1)
+    rows = torch.arange(len(text_p), device=audio_p.states.device)
     with capture_attention(model.cascade, "guided", keep_grad=True) as maps:
         model.score_pairs(text_p, rows, audio_p, rows)
-    return maps_grounding_loss(maps, frames, tokens)
+    return maps_grounding_loss(maps, *labels)

@@ -28,7 +28,7 @@ def head_inputs(claims: list[int], onsets: list[int], frame_event: list[int], to
         if c:
             count[0, j, c - 1] = BIG
     event = torch.tensor([[BIG if e >= 0 else -BIG for e in token_event]])
-    text = CountText(event, count, torch.zeros(1, lt, 8))
+    text = CountText.of(event, count, torch.zeros(1, lt, 8))
     onset = torch.full((1, t), -BIG)
     onset[0, onsets] = BIG
     member = torch.tensor([[[BIG if f == e and f >= 0 else -BIG for e in token_event] for f in frame_event]])

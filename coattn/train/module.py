@@ -84,10 +84,9 @@ class CoAttnRetrieval(pl.LightningModule):
                                        **({"freeze_dual": True} if freeze_dual else {}),
                                        **{k: v for k, v in model.items() if not isinstance(v, torch.nn.Module)}})
         self.model = CoAttnModel(**model)
-        if loss.count_weight and self.model.count_head is None:
-            from coattn.errors import ConfigError
-            raise ConfigError("model.loss.count_weight > 0 trains the count head: set model.count_head (the "
-                              "largest count a caption claims, e.g. 4) or model.loss.count_weight: 0")
+        if loss.count_weight:  # at construction, before any data is read
+            from coattn.counting import require_count_head
+            require_count_head(self.model)
         self.loss, self.optim, self.evaluation = loss, optim, evaluation
         self.feature_cache, self.init_from, self.init_pair_from_dual = feature_cache, init_from, init_pair_from_dual
         self.freeze_dual = freeze_dual

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--betas", nargs="*", type=float, default=[], help="also the probes at these betas")
     a, rest = p.parse_known_args(argv)
-    from coattn.counting import claimed_counts, occurrences
+    from coattn.counting import occurrences, pair_counts
     from coattn.model import CoAttnModel
     from coattn.scenes import phrase_spans, read_metadata, split_scenes
     from coattn.time_binding import token_events
@@ -55,12 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             true = [sum(o[0] == e for o in scene.occurrences) for e in range(scene.n_events)]
             pt = model.prepare_text(model.encode_text(list(caps)))
             rows = torch.arange(len(caps))
-            cols = torch.full((len(caps), 1), clip)
-            uniq, inv = torch.unique(cols, return_inverse=True)
-            stage = model.cascade.clip_stage(pa, uniq)
-            _, _, y, my = model.cascade.pair_vectors(pt, rows, stage, inv, frames=True)
-            found = occurrences(model.count_head.audio(y, my, pt.count, rows, 1), my)  # (N, L)
-            claimed = claimed_counts(pt.count.count_logits)
+            found = occurrences(*pair_counts(model, pt, rows, pa, torch.full((len(caps),), clip)))  # (N, L)
+            claimed = pt.count.claimed
             tokens = token_events(model.text_encoder.token_offsets(list(caps)),
                                   [phrase_spans(c, scene) for c in caps], pt.mask.shape[1])
             for i in range(len(caps)):

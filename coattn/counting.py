@@ -185,7 +185,8 @@ def count_loss(text: CountText, audio: CountAudio, frame_mask: torch.Tensor, tok
                targets: CountTargets) -> dict[str, torch.Tensor]:
     """Supervised terms of the count head on B positive pairs (pair b = caption b, clip b), each a mean BCE or
     CE: ``onset`` over real frames of clips with timings, ``member`` over (real frame, event token), ``claim``
-    over event tokens (class = min(count, K) - 1), ``event`` over real tokens of captions with phrases."""
+    over event tokens (class = min(count, K) - 1), ``event`` over real tokens of captions with phrases; and
+    ``found``, the Huber loss (delta 0.5, as the score's) of n_i against the true count over event tokens."""
     timed = (targets.onsets.sum(1) > 0)  # clips with occurrences
     fm = frame_mask & timed[:, None]
     out = {"onset": _masked_bce(audio.onset_logits, targets.onsets, fm)}
@@ -200,6 +201,14 @@ def count_loss(text: CountText, audio: CountAudio, frame_mask: torch.Tensor, tok
     named = token_mask & ev.any(1, keepdim=True)
     logits = text.event_logits.masked_fill(~token_mask, 0.0)
     out["event"] = _masked_bce(logits, ev.float(), named)
+    # what the score reads: the occurrences n_i counted on each event token against the true count (the per-frame
+    # terms alone leave n_i free to miss or double an onset one frame apart; weighted by count_found_weight)
+    found_pairs = ev & timed[:, None]
+    if bool(found_pairs.any()):
+        n = occurrences(audio, fm)
+        out["found"] = F.huber_loss(n[found_pairs], targets.token_count[found_pairs].float(), delta=0.5)
+    else:
+        out["found"] = audio.onset_logits.sum() * 0.0
     return out
 
 

@@ -180,7 +180,10 @@ class RetrievalLoss:
         residual_lambda: lambda_r of the residual pair logits (0: off); evaluation fuses with it too.
         grounding_weight: weight of the attention grounding term (0: off; needs ``SceneEvents``).
         count_weight: weight of the count head's supervised term (0: off; needs ``SceneEvents`` and a model
-            with ``count_head``): the sum of its onset, membership, claimed-count and event-word terms.
+            with ``count_head``): the sum of its onset, membership, claimed-count and event-word terms, plus
+            ``count_found_weight`` times its found-count term.
+        count_found_weight: weight, inside the count term, of the found-count term: the occurrences the score
+            counts (n_i) against the true count, where the per-frame terms teach each part alone (0: off).
         seed: of the random negatives and rotations (drawn afresh each step).
     """
 
@@ -195,6 +198,7 @@ class RetrievalLoss:
     residual_lambda: float = 0.0
     grounding_weight: float = 0.0
     count_weight: float = 0.0
+    count_found_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -211,6 +215,11 @@ class RetrievalLoss:
                               f"{self.residual_lambda}, {self.grounding_weight}")
         if not (self.count_weight >= 0 and math.isfinite(self.count_weight)):
             raise ConfigError(f"model.loss.count_weight must be >= 0, got {self.count_weight}")
+        if not (self.count_found_weight >= 0 and math.isfinite(self.count_found_weight)):
+            raise ConfigError(f"model.loss.count_found_weight must be >= 0, got {self.count_found_weight}")
+        if self.count_found_weight and not self.count_weight:
+            raise ConfigError("model.loss.count_found_weight weights a part of the count term: set "
+                              "model.loss.count_weight > 0 as well (or count_found_weight: 0)")
         if self.count_negatives and not self.caption_negatives:
             raise ConfigError("model.loss.count_negatives adds count variants to the caption negatives: set "
                               "model.loss.caption_negatives: true as well (or count_negatives: false)")
@@ -257,7 +266,8 @@ class RetrievalLoss:
             if counting:
                 from coattn.counting import positive_count_loss
                 parts = positive_count_loss(model, prepared_text, local, events, labels)
-                out["count_loss"] = sum(parts.values())
+                out["count_loss"] = sum(v * (self.count_found_weight if k == "found" else 1.0)
+                                        for k, v in parts.items())
                 out.update({f"count_{k}": v.detach() for k, v in parts.items()})
                 out["loss"] = out["loss"] + self.count_weight * out["count_loss"]
         return out

@@ -76,6 +76,13 @@ def test_count_targets_come_from_the_timings():
     wrong = count_loss(text, audio, mask[:1], torch.ones(1, 5, dtype=torch.bool),
                        count_targets(times[:1], mask[:1], tokens[:1]))
     assert float(wrong["claim"]) > 1.0 and float(wrong["onset"]) > 1.0
+    # the found-count term: event 0 counted once where it happens twice, on its two tokens (Huber 0.375 each)
+    assert float(wrong["found"]) == pytest.approx(2 * 0.375 / 3, abs=1e-5)
+    # an onset doubled on the next frame: one occurrence too many for event 0
+    text, audio = head_inputs([0, 2, 2, 0, 1], [0, 1, 2, 6], got.frame_event[0].tolist(), tokens[0].tolist())
+    doubled = count_loss(text, audio, mask[:1], torch.ones(1, 5, dtype=torch.bool),
+                         count_targets(times[:1], mask[:1], tokens[:1]))
+    assert float(doubled["found"]) == pytest.approx(2 * 0.375 / 3, abs=1e-5)
 
 
 def count_model(seed: int = 0) -> CoAttnModel:
@@ -100,6 +107,12 @@ def test_count_term_trains_the_head_through_the_loss():
                  "cascade.audio_layers.1.guided_attn.q.weight"):
         assert float(dict(m.named_parameters())[name].grad.abs().sum()) > 0, name
     assert "count_loss" not in RetrievalLoss()(m, audio, text, clips, clips, CAPTIONS, events)  # off by default
+    # count_found_weight weights the found-count term inside the count term (0 by default: logged, not trained)
+    assert float(out["count_found"]) > 0
+    found = RetrievalLoss(count_weight=0.5, count_found_weight=2.0)(m, audio, text, clips, clips, CAPTIONS, events)
+    torch.testing.assert_close(found["count_loss"].detach(), parts + 2.0 * found["count_found"])
+    with pytest.raises(ConfigError, match="count_found_weight weights a part of the count term"):
+        RetrievalLoss(count_found_weight=1.0)
     plain = CoAttnModel(FakeEncoder(24), WordEncoder(20), m.cascade, embed_dim=16)
     with pytest.raises(ConfigError, match="model.count_head"):
         RetrievalLoss(count_weight=0.5)(plain, audio, text, clips, clips, CAPTIONS, events)

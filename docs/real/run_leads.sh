@@ -58,6 +58,8 @@ R6="$D.root=${MORE_SCENES_ROOT:-data/real_x4} --trainer.limit_train_batches 62 -
 variant count_head $R6 $L.count_weight=1.0
 variant count_head_beta01 $R6 --model.count_detach false --model.count_beta 0.1 $L.count_weight=1.0
 variant count_head_joint $R6 --model.count_detach false $L.count_weight=1.0
+# round 7: the count term also teaches what the score reads, n_i against the true count (count_found_weight)
+variant count_found $R6 $L.count_weight=1.0 $L.count_found_weight=1.0
 # one lever off the round-3 recipe (count_negatives off), as measured in round 4 (docs/ablations.md)
 variant no_count_no_grounding $L.count_negatives=false $L.grounding_weight=0.0
 variant no_count_no_swap $L.count_negatives=false $L.swap_negatives=false

@@ -254,11 +254,14 @@ class ClipStage:
     When the cascade hoists (``CoAttentionCascade.hoists``) layer 1's self-attention block and its
     guided query, which read only the clip, are already applied: ``states`` is that block's output
     and ``query`` its guided-attention query projection (u, T, d); otherwise ``query`` is None.
+    ``inputs`` is always the cascade's input frames, in training and evaluation alike (the count head's
+    ``count_audio: clip`` reads them).
     """
 
     states: torch.Tensor
     mask: torch.Tensor
     query: torch.Tensor | None = None
+    inputs: torch.Tensor | None = None
 
 
 class CoAttentionCascade(nn.Module):
@@ -367,10 +370,10 @@ class CoAttentionCascade(nn.Module):
         """The clips ``clips`` of ``audio`` ready for their pairs (hoisted work applied, see ``hoists``)."""
         y, my = audio.states[clips], audio.mask[clips]
         if not self.hoists():
-            return ClipStage(y, my)
+            return ClipStage(y, my, inputs=y)
         first = self.audio_layers[0]
-        y = first.attend_self(y, my)
-        return ClipStage(y, my, first.guided_attn.q(y))
+        h = first.attend_self(y, my)
+        return ClipStage(h, my, first.guided_attn.q(h), inputs=y)
 
     # ---- per pair -------------------------------------------------------------------------------
     def pair_vectors(self, text: PreparedText, rows: torch.Tensor, stage: ClipStage,

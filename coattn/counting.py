@@ -72,15 +72,23 @@ class CountHead(nn.Module):
         beta: the initial weight of s_count in the pair score (then learned). At 1.0 one count off on one of
             three events costs ~0.125 in cosine units, 2-4 logits at the learned temperatures; the gradient the
             contrastive loss gives beta is small, so its start matters (docs/time.md, section 4).
+        reads: which frames the audio side reads: ``pair``, the cascade's text-conditioned stream Y; ``clip``, the
+            cascade's input frames, which no caption has seen. Measured (docs/ablations.md, "Fifth pass"): from Y the
+            found count follows the caption's claim (one clip, "twice" -> n = 2.0, "three times" -> n = 2.8), so a
+            caption with a count changed finds its own count in the clip.
         detach: s_count enters the pair score detached from the head and the cascade: only the supervised
             term (``count_loss``) trains them, the contrastive loss trains beta alone. Measured: trained through
             the score at beta 1.0 the contrastive gradient disturbed the supervised parts (membership loss 0.17-0.20
             against 0.04-0.06 at the same step) and held validation mAP at 0.94 where beta 0.1 had 0.98.
     """
 
-    def __init__(self, width: int, max_count: int = 4, hidden: int = 64, beta: float = 1.0, detach: bool = True):
+    def __init__(self, width: int, max_count: int = 4, hidden: int = 64, beta: float = 1.0, detach: bool = True,
+                 reads: str = "pair"):
         super().__init__()
         self.detach = detach
+        if reads not in ("pair", "clip"):
+            raise ValueError(f"count_audio must be 'pair' or 'clip', got {reads!r}")
+        self.reads = reads
         if max_count < 2:
             raise ValueError(f"count_head: the largest count must be >= 2, got {max_count}")
         if not (beta > 0 and math.isfinite(beta)):
@@ -218,12 +226,24 @@ def _masked_bce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     return F.binary_cross_entropy_with_logits(logits[mask].float(), target[mask].float())
 
 
+def count_frames(head: CountHead, stage, inv: torch.Tensor, stream: tuple[torch.Tensor, torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frames (b r, T, d) and mask the audio side reads for the b x r pairs (clip ``inv[i, c]`` of the
+    ``ClipStage`` ``stage``): the pairs' text-conditioned ``stream`` (``reads: pair``) or the clips' input frames
+    (``clip``)."""
+    if head.reads == "pair":
+        return stream
+    flat = inv.reshape(-1)
+    return stage.inputs[flat], stage.mask[flat]
+
+
 def pair_counts(model, text_p, rows: torch.Tensor, audio_p, clips: torch.Tensor) -> tuple[CountAudio, torch.Tensor]:
     """The count head's audio side of the pairs (caption ``rows[p]``, clip ``clips[p]``) and their frame mask
     (P, T): one cascade pass per pair (the training term's positives, ``docs/real/count_head_check.py``)."""
     uniq, inv = torch.unique(clips, return_inverse=True)
     stage = model.cascade.clip_stage(audio_p, uniq)
-    _, _, y, my = model.cascade.pair_vectors(text_p, rows, stage, inv[:, None], frames=True)
+    _, _, *stream = model.cascade.pair_vectors(text_p, rows, stage, inv[:, None], frames=True)
+    y, my = count_frames(model.count_head, stage, inv[:, None], tuple(stream))
     return model.count_head.audio(y, my, text_p.count, rows, 1), my
 
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from coattn import hub
 from coattn.coattention import ClipStage, CoAttentionCascade, masked_mean
-from coattn.counting import CountHead
+from coattn.counting import CountHead, count_frames
 from coattn.features import PreparedAudio, PreparedText, SequenceFeatures
 from coattn.loss import Temperature
 
@@ -83,7 +83,7 @@ class CoAttnModel(nn.Module, PyTorchModelHubMixin, **hub.HUB_METADATA):
                  dual_pooling: Literal["mean", "encoder"] = "mean",
                  dual_projection: Literal["linear", "clap"] = "linear",
                  clap_checkpoint: str | None = None, feature_norm: bool = False, count_head: int = 0,
-                 count_beta: float = 1.0, count_detach: bool = True):
+                 count_beta: float = 1.0, count_detach: bool = True, count_audio: Literal["pair", "clip"] = "pair"):
         super().__init__()
         self.audio_encoder, self.text_encoder, self.cascade = audio_encoder, text_encoder, cascade
         self.dual_pooling = dual_pooling
@@ -102,7 +102,8 @@ class CoAttnModel(nn.Module, PyTorchModelHubMixin, **hub.HUB_METADATA):
             if cascade.kind != "iterating":
                 raise ValueError(f"count_head needs the iterating cascade (a per-pair audio stream), not "
                                  f"{cascade.kind!r}: set model.count_head: 0 or cascade kind: iterating")
-            self.count_head = CountHead(cascade.width, max_count=count_head, beta=count_beta, detach=count_detach)
+            self.count_head = CountHead(cascade.width, max_count=count_head, beta=count_beta, detach=count_detach,
+                                        reads=count_audio)
         if clap_checkpoint:
             self.load_clap_projections(clap_checkpoint, dual_projection)
         # lambda of s_pair + lambda * s_dual, chosen on validation (evaluation.fusion: auto); 0 = pair only
@@ -182,7 +183,7 @@ class CoAttnModel(nn.Module, PyTorchModelHubMixin, **hub.HUB_METADATA):
         cos = (t.float() * a.float()).sum(-1)  # fp32 cosines: the loss divides them by tau = 0.07
         if not counting:
             return cos
-        y, my = stream
+        y, my = count_frames(self.count_head, stage, inv, tuple(stream))
         found = self.count_head.audio(y, my, text.count, rows, inv.shape[1])
         return cos + self.count_head.beta * self.count_head.score(text.count, rows, found, my, inv.shape[1])
 

@@ -85,11 +85,12 @@ def test_count_targets_come_from_the_timings():
     assert float(doubled["found"]) == pytest.approx(2 * 0.375 / 3, abs=1e-5)
 
 
-def count_model(seed: int = 0) -> CoAttnModel:
+def count_model(seed: int = 0, reads: str = "pair", dropout: float = 0.0) -> CoAttnModel:
     torch.manual_seed(seed)
-    cascade = CoAttentionCascade(kind="iterating", depth=2, width=32, heads=4, ffn_dim=64, dropout=0.0,
+    cascade = CoAttentionCascade(kind="iterating", depth=2, width=32, heads=4, ffn_dim=64, dropout=dropout,
                                  positions="relative")
-    return CoAttnModel(FakeEncoder(24), WordEncoder(20), cascade, embed_dim=16, count_head=4).train()
+    return CoAttnModel(FakeEncoder(24), WordEncoder(20), cascade, embed_dim=16, count_head=4,
+                       count_audio=reads).train()
 
 
 def test_count_term_trains_the_head_through_the_loss():
@@ -125,8 +126,9 @@ def test_count_term_trains_the_head_through_the_loss():
                     count_head=4)
 
 
-def test_count_head_changes_the_pair_score_and_every_path_agrees():
-    m = count_model().eval()
+@pytest.mark.parametrize("reads", ["pair", "clip"])
+def test_count_head_changes_the_pair_score_and_every_path_agrees(reads):
+    m = count_model(reads=reads).eval()
     text, audio = feats(5, 5, 20, [5, 4, 3, 2, 5]), feats(4, 6, 24, [6, 3, 5, 6], seed=4)
     with torch.no_grad():
         m.count_head.log_beta.fill_(0.0)
@@ -140,7 +142,8 @@ def test_count_head_changes_the_pair_score_and_every_path_agrees():
         assert not torch.allclose(m.score_grid(pt, pa), full, atol=1e-3)
 
 
-def test_count_head_survives_export(tmp_path):
+@pytest.mark.parametrize("reads", ["pair", "clip"])
+def test_count_head_survives_export(tmp_path, reads):
     def part(cls: str, **args) -> torch.nn.Module:
         return build_component({"class_path": cls, "init_args": args}, torch.nn.Module)
 
@@ -150,11 +153,11 @@ def test_count_head_survives_export(tmp_path):
                              intermediate_size=64, vocab_size=300, max_length=12),
                         part("coattn.coattention.CoAttentionCascade", kind="iterating", depth=1, width=32, heads=2,
                              ffn_dim=64),
-                        embed_dim=16, count_head=3).eval()
+                        embed_dim=16, count_head=3, count_audio=reads).eval()
     model.text_encoder.fit_tokenizer(CAPTIONS)
     model.save_pretrained(tmp_path / "out")
     got = CoAttnModel.from_pretrained(tmp_path / "out")
-    assert got.count_head is not None and got.count_head.max_count == 3
+    assert got.count_head is not None and got.count_head.max_count == 3 and got.count_head.reads == reads
     wave = 0.1 * torch.randn(2, 480000, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before, after = (m.score_grid(m.prepare_text(m.encode_text(CAPTIONS[:3])), m.prepare_audio(m.encode_audio(wave)))
@@ -176,3 +179,26 @@ def test_detached_count_check_leaves_the_head_to_its_supervised_term(detach):
     assert float(grads["log_beta"].abs()) > 0
     moved = [n for n, g in grads.items() if n != "log_beta" and g is not None and float(g.abs().sum()) > 0]
     assert bool(moved) != detach, moved
+
+
+def test_clip_count_audio_reads_no_caption():
+    """count_audio: clip: the onsets a clip shows are the same whatever caption asks (from the pair stream they
+    follow the caption), and training (per-pair layer 1, dropout) and evaluation (hoisted) read the same frames."""
+    from coattn.counting import pair_counts
+
+    text, audio = feats(3, 5, 20, [5, 4, 3], seed=2), feats(1, 6, 24, [6], seed=3)
+    clip0, rows = torch.zeros(3, dtype=torch.long), torch.arange(3)
+    onsets = {}
+    for reads in ("pair", "clip"):
+        m = count_model(reads=reads, dropout=0.1)
+        for mode in ("train", "eval"):
+            getattr(m, mode)()
+            with torch.no_grad():
+                found, _ = pair_counts(m, m.prepare_text(text), rows, m.prepare_audio(audio), clip0)
+            onsets[reads, mode] = found.onset_logits
+    assert not torch.allclose(onsets["pair", "eval"][0], onsets["pair", "eval"][1], atol=1e-4)
+    for mode in ("train", "eval"):
+        torch.testing.assert_close(onsets["clip", mode], onsets["clip", mode][:1].expand(3, -1))
+    torch.testing.assert_close(onsets["clip", "train"], onsets["clip", "eval"])
+    with pytest.raises(ValueError, match="count_audio must be 'pair' or 'clip'"):
+        count_model(reads="frames")

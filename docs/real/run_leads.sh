@@ -60,6 +60,8 @@ variant count_head_beta01 $R6 --model.count_detach false --model.count_beta 0.1 
 variant count_head_joint $R6 --model.count_detach false $L.count_weight=1.0
 # round 7: the count term also teaches what the score reads, n_i against the true count (count_found_weight)
 variant count_found $R6 $L.count_weight=1.0 $L.count_found_weight=1.0
+# ... with the count head's audio side reading the clip's own frames, not the caption-conditioned stream (count_audio)
+variant count_clip $R6 $L.count_weight=1.0 $L.count_found_weight=1.0 --model.count_audio clip
 # one lever off the round-3 recipe (count_negatives off), as measured in round 4 (docs/ablations.md)
 variant no_count_no_grounding $L.count_negatives=false $L.grounding_weight=0.0
 variant no_count_no_swap $L.count_negatives=false $L.swap_negatives=false

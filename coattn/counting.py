@@ -13,8 +13,9 @@ same vector. The count head adds an explicit, differentiable count check to the 
     s_count = - sum_i w_i huber(n_i - c_i) / (sum_i w_i + eps)
     s_pair  = cos(text, audio) + beta * sg(s_count)      (beta > 0, learned from ``count_beta``; ``score_block``)
 
-Y is the cascade's text-conditioned audio stream (``iterating``), x the caption's refined tokens; the
-onset reads Y through a width-3 temporal convolution (an onset is a change between neighbouring frames).
+Y is the cascade's text-conditioned audio stream (``iterating``; ``count_audio: pair``) or the cascade's input
+frames, which no caption has seen (``count_audio: clip``), x the caption's refined tokens; the onset reads Y through
+a width-3 temporal convolution (an onset is a change between neighbouring frames).
 Nothing here needs timings at evaluation. In training, with event timings (``coattn.time_binding.SceneEvents``),
 ``count_loss`` supervises each part on the positive pairs (``RetrievalLoss.count_weight``): onsets from the
 occurrences, membership from the frames each phrase's event covers (as grounding does), the claimed count

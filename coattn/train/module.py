@@ -67,7 +67,7 @@ class CoAttnRetrieval(pl.LightningModule):
             adds the cascade to. Off by default (the dual heads keep training through ``loss.aux_weight``).
         **model: the architecture: the arguments of ``coattn.CoAttnModel`` (audio_encoder,
             text_encoder, cascade, embed_dim, temperature, learn_temperature, dual_pooling,
-            dual_projection, clap_checkpoint, feature_norm, count_head, count_beta, count_detach).
+            dual_projection, clap_checkpoint, feature_norm, count_head, count_beta, count_detach, count_audio).
     """
 
     def __init__(self, loss: RetrievalLoss = RetrievalLoss(), optim: Optim = Optim(),

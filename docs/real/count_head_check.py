@@ -7,7 +7,9 @@ also the probes with the count check's weight beta set by hand.
 
 Each caption of a clip with timings is scored against its own clip; the tokens that name event e (the scene's
 phrase spans) give e's claimed count c and found count n (their mean over those tokens). Prints, per true count,
-how often round(c) and round(n) are right and the mean n: the count probe needs both sides right. --betas prints
+how often round(c) and round(n) are right and the mean n: the count probe needs both sides right; then, on the
+count-probe items, the changed event's found count under the true and the count-changed caption (the same n when
+the audio side reads the clip alone). --betas prints
 the order and count probes (pair / fused) at the trained beta and at each given one: how much of the count probe
 the head's counts could carry at another weight. A diagnostic of round 6 (docs/ablations.md): run the sweep on
 the validation split, never to pick a test number.
@@ -71,9 +73,47 @@ def main(argv: list[str] | None = None) -> int:
         rows_k = table[k]
         print(f"| {k} | {len(rows_k)} | {sum(r[0] for r in rows_k) / len(rows_k):.2f} | "
               f"{sum(r[1] for r in rows_k) / len(rows_k):.2f} | {sum(r[2] for r in rows_k) / len(rows_k):.2f} |")
+    claim_shift(model, dm, split, scenes, pa)
     if a.betas:
         beta_sweep(model, dm, split, audio, a.betas)
     return 0
+
+
+def claim_shift(model, dm, split, scenes, pa) -> None:
+    """Does the found count follow the caption? For each count-probe item (a caption and the same words with one
+    count changed, on the caption's clip), the found count n of the changed event under each caption. An audio side
+    that reads the clip alone finds the same n under both; one that reads the caption finds the claim."""
+    from coattn.counting import occurrences, pair_counts
+    from coattn.probe import items_from_metadata
+    from coattn.scenes import phrase_spans
+    from coattn.time_binding import token_events
+
+    captions = [c for caps in split.captions for c in caps]
+    caption_clip = [i for i, caps in enumerate(split.captions) for _ in caps]
+    items = [it for it in items_from_metadata(Path(dm.root) / "synth_metadata.json", split.audio_dir.name,
+                                              split.fnames, captions, caption_clip) if it.kind == "count"]
+    shifts: dict[int, list[tuple[float, float]]] = defaultdict(list)  # claim change -> (n true, n variant)
+    with torch.no_grad():
+        for it in items:
+            texts, scene = [it.true, it.variant], scenes[it.clip]
+            pt = model.prepare_text(model.encode_text(texts))
+            rows = torch.arange(2)
+            found = occurrences(*pair_counts(model, pt, rows, pa, torch.full((2,), it.clip)))
+            tokens = token_events(model.text_encoder.token_offsets(texts), [phrase_spans(t, scene) for t in texts],
+                                  pt.mask.shape[1])
+            per = [{e: (float(pt.count.claimed[i][tokens[i] == e].mean()), float(found[i][tokens[i] == e].mean()))
+                    for e in set(tokens[i][tokens[i] >= 0].tolist())} for i in range(2)]
+            common = [e for e in per[0] if e in per[1]]
+            if not common:
+                continue
+            e = max(common, key=lambda e: abs(per[1][e][0] - per[0][e][0]))
+            shifts[round(per[1][e][0] - per[0][e][0])].append((per[0][e][1], per[1][e][1]))
+    print(f"\nthe changed event's found count n, true caption -> count-changed caption ({len(items)} items)")
+    print("| claim changed by | items | mean n (true caption) | mean n (changed caption) |")
+    print("|---:|---:|---:|---:|")
+    for d in sorted(shifts):
+        v = shifts[d]
+        print(f"| {d:+d} | {len(v)} | {sum(x[0] for x in v) / len(v):.2f} | {sum(x[1] for x in v) / len(v):.2f} |")
 
 
 def beta_sweep(model, dm, split, audio, betas: list[float]) -> None:

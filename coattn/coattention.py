@@ -249,14 +249,11 @@ def _audio_layer(layer: SGA, y: torch.Tensor, my: torch.Tensor, k: torch.Tensor,
 
 @dataclass
 class ClipStage:
-    """The clips of one scoring tile, ready for their pairs: frames (u, T, d) and mask (u, T).
-
-    When the cascade hoists (``CoAttentionCascade.hoists``) layer 1's self-attention block and its
-    guided query, which read only the clip, are already applied: ``states`` is that block's output
-    and ``query`` its guided-attention query projection (u, T, d); otherwise ``query`` is None.
-    ``inputs`` is always the cascade's input frames, in training and evaluation alike (the count head's
-    ``count_audio: clip`` reads them).
-    """
+    """The clips of one scoring tile, ready for their pairs: frames (u, T, d) and mask (u, T). When the cascade
+    hoists (``CoAttentionCascade.hoists``) layer 1's self-attention block and its guided query, which read only the
+    clip, are already applied: ``states`` is that block's output and ``query`` its guided-attention query projection
+    (u, T, d); otherwise ``query`` is None. ``inputs``: the cascade's input frames in training and evaluation alike
+    (``count_audio: clip`` reads them)."""
 
     states: torch.Tensor
     mask: torch.Tensor

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +85,7 @@ class CountHead(nn.Module):
     """
 
     def __init__(self, width: int, max_count: int = 4, hidden: int = 64, beta: float = 1.0, detach: bool = True,
-                 reads: str = "pair"):
+                 reads: Literal["pair", "clip"] = "pair"):
         super().__init__()
         self.detach = detach
         if reads not in ("pair", "clip"):
@@ -113,14 +114,29 @@ class CountHead(nn.Module):
         return CountText.of(self.event(states).squeeze(-1).masked_fill(~mask, float("-inf")), self.count(states),
                             self.keys(states))
 
-    def audio(self, frames: torch.Tensor, frame_mask: torch.Tensor, text: CountText, rows: torch.Tensor,
-              r: int) -> CountAudio:
-        """Per pair: the audio stream (b r, T, d) of caption ``rows[i]`` with its r clips (consecutive)."""
+    def frame_parts(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Onset logits (N, T) and membership queries (N, T, h) of N frame sequences (N, T, d)."""
         y = frames * frame_mask[..., None].to(frames.dtype)
-        onset = self.onset(y.transpose(1, 2)).squeeze(1)  # (P, T)
-        q = self.queries(y).view(len(rows), r, y.shape[1], self.hidden)
-        member = torch.einsum("brth,blh->brtl", q, text.keys[rows]) / math.sqrt(self.hidden) + self.member_bias
-        return CountAudio(onset, member.reshape(-1, y.shape[1], member.shape[-1]))
+        return self.onset(y.transpose(1, 2)).squeeze(1), self.queries(y)
+
+    def audio(self, text: CountText, rows: torch.Tensor, stage, inv: torch.Tensor,
+              stream: tuple[torch.Tensor, torch.Tensor]) -> tuple[CountAudio, torch.Tensor]:
+        """Per pair: the audio side of the b x r pairs (caption ``rows[i]``, clip ``inv[i, c]`` of the ``ClipStage``
+        ``stage``) and their frame mask (b r, T). ``reads: pair``: from the pairs' text-conditioned ``stream``
+        (b r, T, d), row i's r clips consecutive; ``clip``: onsets and queries from the clips' input frames, once
+        per clip, then gathered for the pairs."""
+        b, r = inv.shape
+        if self.reads == "pair":
+            my = stream[1]
+            onset, q = self.frame_parts(*stream)
+        else:
+            flat = inv.reshape(-1)
+            onset, q = self.frame_parts(stage.inputs, stage.mask)
+            onset, q, my = onset[flat], q[flat], stage.mask[flat]
+        t = q.shape[1]
+        member = torch.einsum("brth,blh->brtl", q.view(b, r, t, self.hidden), text.keys[rows])
+        member = member / math.sqrt(self.hidden) + self.member_bias
+        return CountAudio(onset, member.reshape(b * r, t, -1)), my
 
     def score(self, text: CountText, rows: torch.Tensor, audio: CountAudio, frame_mask: torch.Tensor,
               r: int) -> torch.Tensor:
@@ -227,25 +243,13 @@ def _masked_bce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     return F.binary_cross_entropy_with_logits(logits[mask].float(), target[mask].float())
 
 
-def count_frames(head: CountHead, stage, inv: torch.Tensor, stream: tuple[torch.Tensor, torch.Tensor]
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frames (b r, T, d) and mask the audio side reads for the b x r pairs (clip ``inv[i, c]`` of the
-    ``ClipStage`` ``stage``): the pairs' text-conditioned ``stream`` (``reads: pair``) or the clips' input frames
-    (``clip``)."""
-    if head.reads == "pair":
-        return stream
-    flat = inv.reshape(-1)
-    return stage.inputs[flat], stage.mask[flat]
-
-
 def pair_counts(model, text_p, rows: torch.Tensor, audio_p, clips: torch.Tensor) -> tuple[CountAudio, torch.Tensor]:
     """The count head's audio side of the pairs (caption ``rows[p]``, clip ``clips[p]``) and their frame mask
     (P, T): one cascade pass per pair (the training term's positives, ``docs/real/count_head_check.py``)."""
     uniq, inv = torch.unique(clips, return_inverse=True)
     stage = model.cascade.clip_stage(audio_p, uniq)
     _, _, *stream = model.cascade.pair_vectors(text_p, rows, stage, inv[:, None], frames=True)
-    y, my = count_frames(model.count_head, stage, inv[:, None], tuple(stream))
-    return model.count_head.audio(y, my, text_p.count, rows, 1), my
+    return model.count_head.audio(text_p.count, rows, stage, inv[:, None], tuple(stream))
 
 
 def require_count_head(model) -> None:

@@ -33,7 +33,7 @@ from torch import nn
 
 from coattn import hub
 from coattn.coattention import ClipStage, CoAttentionCascade, masked_mean
-from coattn.counting import CountHead, count_frames
+from coattn.counting import CountHead
 from coattn.features import PreparedAudio, PreparedText, SequenceFeatures
 from coattn.loss import Temperature
 
@@ -183,8 +183,7 @@ class CoAttnModel(nn.Module, PyTorchModelHubMixin, **hub.HUB_METADATA):
         cos = (t.float() * a.float()).sum(-1)  # fp32 cosines: the loss divides them by tau = 0.07
         if not counting:
             return cos
-        y, my = count_frames(self.count_head, stage, inv, tuple(stream))
-        found = self.count_head.audio(y, my, text.count, rows, inv.shape[1])
+        found, my = self.count_head.audio(text.count, rows, stage, inv, tuple(stream))
         return cos + self.count_head.beta * self.count_head.score(text.count, rows, found, my, inv.shape[1])
 
     def score_pairs(self, text: PreparedText, ti: torch.Tensor, audio: PreparedAudio, aj: torch.Tensor) -> torch.Tensor:

@@ -79,19 +79,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def probe_items(dm, split) -> list:
+    """The split's probe items (``coattn.probe.ProbeItem``) from the variants ``coattn synth`` wrote."""
+    from coattn.probe import items_from_metadata
+
+    captions = [c for caps in split.captions for c in caps]
+    caption_clip = [i for i, caps in enumerate(split.captions) for _ in caps]
+    return items_from_metadata(Path(dm.root) / "synth_metadata.json", split.audio_dir.name, split.fnames, captions,
+                               caption_clip)
+
+
 def claim_shift(model, dm, split, scenes, pa) -> None:
     """Does the found count follow the caption? For each count-probe item (a caption and the same words with one
     count changed, on the caption's clip), the found count n of the changed event under each caption. An audio side
     that reads the clip alone finds the same n under both; one that reads the caption finds the claim."""
     from coattn.counting import occurrences, pair_counts
-    from coattn.probe import items_from_metadata
     from coattn.scenes import phrase_spans
     from coattn.time_binding import token_events
 
-    captions = [c for caps in split.captions for c in caps]
-    caption_clip = [i for i, caps in enumerate(split.captions) for _ in caps]
-    items = [it for it in items_from_metadata(Path(dm.root) / "synth_metadata.json", split.audio_dir.name,
-                                              split.fnames, captions, caption_clip) if it.kind == "count"]
+    items = [it for it in probe_items(dm, split) if it.kind == "count"]
     shifts: dict[int, list[tuple[float, float]]] = defaultdict(list)  # claim change -> (n true, n variant)
     with torch.no_grad():
         for it in items:
@@ -120,12 +126,9 @@ def beta_sweep(model, dm, split, audio, betas: list[float]) -> None:
     """The order and count probes (pair / fused) at the trained beta, then at each of ``betas``."""
     import math
 
-    from coattn.probe import items_from_metadata, run_probe
+    from coattn.probe import run_probe
 
-    captions = [c for caps in split.captions for c in caps]
-    caption_clip = [i for i, caps in enumerate(split.captions) for _ in caps]
-    items = items_from_metadata(Path(dm.root) / "synth_metadata.json", split.audio_dir.name, split.fnames, captions,
-                                caption_clip)
+    items = probe_items(dm, split)
     trained = float(model.count_head.log_beta.detach())
     print(f"\nprobes with beta set by hand ({len(items)} items), pair / fused")
     print("| beta | order | count |")

@@ -173,3 +173,18 @@ def add_count(caption: str, phrases: list[tuple[int, int, int]], counts: dict[in
         return None
     _, z = (rng or random.Random(0)).choice(sorted(once))
     return caption[:z] + " twice" + caption[z:]
+
+
+def carry_phrases(old: str, new: str, phrases: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """The phrase spans (event, char start, char end) of ``old`` carried to ``new``, a rewrite of it by one edit
+    (``change_count``, ``add_count``): the edit is what lies between the longest common prefix and suffix; spans
+    before it stay, spans after it move by the change in length, a span it touches is dropped."""
+    n = min(len(old), len(new))
+    p = 0
+    while p < n and old[p] == new[p]:
+        p += 1
+    s = 0
+    while s < n - p and old[-1 - s] == new[-1 - s]:
+        s += 1
+    end, shift = len(old) - s, len(new) - len(old)
+    return [(e, a, z) if z <= p else (e, a + shift, z + shift) for e, a, z in phrases if z <= p or a >= end]

@@ -270,3 +270,26 @@ def positive_count_loss(model, text_p, audio_p, events, labels: tuple[torch.Tens
     found, my = pair_counts(model, text_p, rows, audio_p, rows)
     frames, tokens = labels
     return count_loss(text_p.count, found, my, text_p.mask, count_targets(events.times, my, tokens, frames))
+
+
+def rewrite_count_loss(model, captions: list[str], audio_p, events, seed: int) -> dict[str, torch.Tensor] | None:
+    """``count_loss`` of each caption's count rewrite against its own, unchanged clip (``count_rewrites``: "a dog
+    barks twice" -> "... three times", "a cuckoo" -> "a cuckoo twice"), less the claimed-count term (the rewrite
+    claims another count, the head should read it): onsets, membership and the found count n_i are taught the
+    clip's true occurrences under a caption that claims otherwise, so that n cannot follow the claim. One text
+    encoding and one cascade pass of the rewrites; None when no caption of the batch has a count rewrite."""
+    from coattn.negatives import count_rewrites
+    from coattn.time_binding import token_events
+
+    texts, owners, phrases = count_rewrites(captions, events, seed)
+    if not texts:
+        return None
+    dev = audio_p.states.device
+    owner = torch.tensor(owners, device=dev)
+    text_v = model.prepare_text(model.encode_text(texts))
+    found, my = pair_counts(model, text_v, torch.arange(len(texts), device=dev), audio_p, owner)
+    tokens = token_events(model.text_encoder.token_offsets(texts), phrases, text_v.mask.shape[1], dev)
+    targets = count_targets(events.times[owner.cpu()], my, tokens.masked_fill(~text_v.mask, -1))
+    parts = count_loss(text_v.count, found, my, text_v.mask, targets)
+    del parts["claim"]
+    return parts

@@ -184,6 +184,10 @@ class RetrievalLoss:
             ``count_found_weight`` times its found-count term.
         count_found_weight: weight, inside the count term, of the found-count term: the occurrences the score
             counts (n_i) against the true count, where the per-frame terms teach each part alone (0: off).
+        count_rewrite_weight: weight, inside the count term, of the onset, membership, event-word and found-count
+            terms (each weight 1) on each caption's count rewrite against its own clip: the true occurrences under
+            a caption that claims another count, so the found count cannot follow the claim
+            (``coattn.counting.rewrite_count_loss``; 0: off).
         seed: of the random negatives and rotations (drawn afresh each step).
     """
 
@@ -199,6 +203,7 @@ class RetrievalLoss:
     grounding_weight: float = 0.0
     count_weight: float = 0.0
     count_found_weight: float = 0.0
+    count_rewrite_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -215,11 +220,13 @@ class RetrievalLoss:
                               f"{self.residual_lambda}, {self.grounding_weight}")
         if not (self.count_weight >= 0 and math.isfinite(self.count_weight)):
             raise ConfigError(f"model.loss.count_weight must be >= 0, got {self.count_weight}")
-        if not (self.count_found_weight >= 0 and math.isfinite(self.count_found_weight)):
-            raise ConfigError(f"model.loss.count_found_weight must be >= 0, got {self.count_found_weight}")
-        if self.count_found_weight and not self.count_weight:
-            raise ConfigError("model.loss.count_found_weight weights a part of the count term: set "
-                              "model.loss.count_weight > 0 as well (or count_found_weight: 0)")
+        for key in ("count_found_weight", "count_rewrite_weight"):
+            value = getattr(self, key)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"model.loss.{key} must be >= 0, got {value}")
+            if value and not self.count_weight:
+                raise ConfigError(f"model.loss.{key} weights a part of the count term: set "
+                                  f"model.loss.count_weight > 0 as well (or {key}: 0)")
         if self.count_negatives and not self.caption_negatives:
             raise ConfigError("model.loss.count_negatives adds count variants to the caption negatives: set "
                               "model.loss.caption_negatives: true as well (or count_negatives: false)")
@@ -269,6 +276,14 @@ class RetrievalLoss:
                 out["count_loss"] = sum(v * (self.count_found_weight if k == "found" else 1.0)
                                         for k, v in parts.items())
                 out.update({f"count_{k}": v.detach() for k, v in parts.items()})
+                if self.count_rewrite_weight:
+                    from coattn.counting import rewrite_count_loss
+                    seed = int(torch.randint(1 << 30, (1,), generator=self._generator))
+                    rewrites = rewrite_count_loss(model, captions, local, events, seed)
+                    if rewrites is not None:
+                        term = sum(rewrites.values())
+                        out["count_loss"] = out["count_loss"] + self.count_rewrite_weight * term
+                        out["count_rewrite"] = term.detach()
                 out["loss"] = out["loss"] + self.count_weight * out["count_loss"]
         return out
 

@@ -18,7 +18,7 @@ import random
 
 import torch
 
-from coattn.captions import add_count, change_count, has_order_cue, reverse_order
+from coattn.captions import add_count, carry_phrases, change_count, has_order_cue, reverse_order
 from coattn.features import SequenceFeatures
 
 
@@ -73,13 +73,33 @@ def caption_variants(captions: list[str], seed: int = 0, events=None) -> tuple[l
     rng = random.Random(seed)
     texts, owners = [], []
     for i, c in enumerate(captions):
-        count = change_count(c, rng)
-        if events is not None and i < len(events) and (count is None or rng.random() < 0.5):
-            ev = [int(e) for e in events.times[i, :, 0].tolist() if e >= 0]
-            count = add_count(c, events.phrases[i], {e: ev.count(e) for e in set(ev)}, rng) or count
-        for variant in (reverse_order(c), count):
+        for variant in (reverse_order(c), _count_variant(c, i, rng, events)):
             if variant:
                 texts.append(variant)
                 owners.append(i)
     return texts, owners
 
+
+def count_rewrites(captions: list[str], events, seed: int = 0) -> tuple[list[str], list[int], list[list]]:
+    """The count variant of each caption that has one (as ``caption_variants`` draws it), its item, and its phrase
+    spans carried over from ``events.phrases`` (``carry_phrases``): the clip is unchanged, so each named event
+    still happens as often as the timings say, whatever count the rewrite claims (``coattn.counting``)."""
+    rng = random.Random(seed)
+    texts, owners, phrases = [], [], []
+    for i, c in enumerate(captions):
+        variant = _count_variant(c, i, rng, events)
+        if variant:
+            texts.append(variant)
+            owners.append(i)
+            phrases.append(carry_phrases(c, variant, events.phrases[i]))
+    return texts, owners, phrases
+
+
+def _count_variant(caption: str, i: int, rng: random.Random, events) -> str | None:
+    """One count changed (``change_count``) or, with ``events``, half of the time or when the caption has no
+    explicit count, a count added to an event heard once (``add_count``)."""
+    count = change_count(caption, rng)
+    if events is not None and i < len(events) and (count is None or rng.random() < 0.5):
+        ev = [int(e) for e in events.times[i, :, 0].tolist() if e >= 0]
+        count = add_count(caption, events.phrases[i], {e: ev.count(e) for e in set(ev)}, rng) or count
+    return count

@@ -202,3 +202,80 @@ def test_clip_count_audio_reads_no_caption():
     torch.testing.assert_close(onsets["clip", "train"], onsets["clip", "eval"])
     with pytest.raises(ValueError, match="count_audio must be 'pair' or 'clip'"):
         count_model(reads="frames")
+
+
+# ---- count rewrites: the found count taught the true occurrences under a caption that claims another count -----
+REWRITE_CAPTIONS = ["a bell rings twice then a drum", "a drum then a bell", "two dogs bark then a hum",
+                    "a hiss then a beep"]
+
+
+def rewrite_events() -> SceneEvents:
+    """Per caption, its events' occurrences (event 0 first) and the char spans of the words naming them."""
+    occ = [[(0, 0.0, 0.1), (0, 0.2, 0.3), (1, 0.6, 0.9)], [(0, 0.0, 0.3), (1, 0.5, 0.7)],
+           [(0, 0.0, 0.1), (0, 0.15, 0.3), (1, 0.6, 0.9)], [(0, 0.0, 0.3), (1, 0.5, 0.8)]]
+    words = [{"bell": 0, "rings": 0, "drum": 1}, {"drum": 0, "bell": 1}, {"dogs": 0, "bark": 0, "hum": 1},
+             {"hiss": 0, "beep": 1}]
+    import re
+    phrases = [[(w[m.group(0)], *m.span()) for m in re.finditer(r"\w+", c) if m.group(0) in w]
+               for c, w in zip(REWRITE_CAPTIONS, words)]
+    return SceneEvents.build(occ, phrases)
+
+
+def test_carry_phrases_keeps_every_span_on_its_word():
+    from coattn.captions import add_count, carry_phrases, change_count
+
+    events = rewrite_events()
+    for i, c in enumerate(REWRITE_CAPTIONS):
+        spans = events.phrases[i]
+        ev = [int(e) for e in events.times[i, :, 0].tolist() if e >= 0]
+        for new in (change_count(c), add_count(c, spans, {e: ev.count(e) for e in set(ev)})):
+            if new is None:
+                continue
+            carried = carry_phrases(c, new, spans)
+            assert [(e, new[a:z]) for e, a, z in carried] == [(e, c[a:z]) for e, a, z in spans], (c, new)
+    # a span the edit touches is dropped; the others stay on their words
+    assert carry_phrases("two dogs bark", "three dogs bark", [(0, 0, 3), (0, 4, 8)]) == [(0, 6, 10)]
+
+
+def test_count_rewrites_are_the_count_negatives_and_their_tokens_count_the_clip():
+    from coattn.negatives import caption_variants, count_rewrites
+    from coattn.time_binding import token_events
+
+    events = rewrite_events()
+    for seed in range(6):
+        texts, owners, phrases = count_rewrites(REWRITE_CAPTIONS, events, seed)
+        variants, var_owners = caption_variants(REWRITE_CAPTIONS, seed, events)
+        assert set(zip(texts, owners)) <= set(zip(variants, var_owners))  # the same draw as the negatives
+        assert len(texts) == len(REWRITE_CAPTIONS)  # each caption here has a count to change or an event heard once
+        tokens = token_events(WordEncoder(20).token_offsets(texts), phrases, 12)
+        mask = torch.ones(len(texts), 10, dtype=torch.bool)
+        got = count_targets(events.times[torch.tensor(owners)], mask, tokens)
+        for j, (text, i) in enumerate(zip(texts, owners)):
+            assert text != REWRITE_CAPTIONS[i]
+            # the rewrite claims another count; its event words still count what the clip holds
+            want = {0: 2, 1: 1} if i in (0, 2) else {0: 1, 1: 1}
+            named = tokens[j] >= 0
+            assert bool(named.any())
+            assert got.token_count[j][named].tolist() == [want[int(e)] for e in tokens[j][named]]
+
+
+def test_count_rewrite_term_enters_the_count_term_with_its_weight():
+    audio, clips = feats(4, 8, 24, seed=3), torch.arange(4)
+    text = WordEncoder(20)(REWRITE_CAPTIONS)
+    events = rewrite_events()
+    m = count_model()
+    base = RetrievalLoss(count_weight=0.5, seed=1)(m, audio, text, clips, clips, REWRITE_CAPTIONS, events)
+    assert "count_rewrite" not in base  # off by default
+    out = RetrievalLoss(count_weight=0.5, count_rewrite_weight=2.0, seed=1)(m, audio, text, clips, clips,
+                                                                          REWRITE_CAPTIONS, events)
+    parts = sum(out[f"count_{k}"] for k in ("onset", "member", "claim", "event"))
+    assert float(out["count_rewrite"]) > 0
+    torch.testing.assert_close(out["count_loss"].detach(), parts + 2.0 * out["count_rewrite"])
+    m.zero_grad()
+    (out["count_loss"] - base["count_loss"]).backward()  # the rewrite term alone: it reaches the head's audio side
+    grads = dict(m.named_parameters())
+    for name in ("count_head.queries.weight", "count_head.onset.0.weight", "cascade.audio_layers.1.guided_attn.q.weight"):
+        assert float(grads[name].grad.abs().sum()) > 0, name
+    assert float(grads["count_head.count.weight"].grad.abs().sum()) == 0  # no claimed-count term on a rewrite
+    with pytest.raises(ConfigError, match="count_rewrite_weight weights a part of the count term"):
+        RetrievalLoss(count_rewrite_weight=1.0)

@@ -62,6 +62,9 @@ variant count_head_joint $R6 --model.count_detach false $L.count_weight=1.0
 variant count_found $R6 $L.count_weight=1.0 $L.count_found_weight=1.0
 # ... with the count head's audio side reading the clip's own frames, not the caption-conditioned stream (count_audio)
 variant count_clip $R6 $L.count_weight=1.0 $L.count_found_weight=1.0 --model.count_audio clip
+# round 8: ... and the same terms on each caption's count rewrite against its own clip (true counts under a caption
+# that claims another), so the found count cannot follow the claim (count_rewrite_weight)
+variant count_rewrite $R6 $L.count_weight=1.0 $L.count_found_weight=1.0 $L.count_rewrite_weight=1.0
 # one lever off the round-3 recipe (count_negatives off), as measured in round 4 (docs/ablations.md)
 variant no_count_no_grounding $L.count_negatives=false $L.grounding_weight=0.0
 variant no_count_no_swap $L.count_negatives=false $L.swap_negatives=false

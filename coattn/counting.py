@@ -289,7 +289,7 @@ def rewrite_count_loss(model, captions: list[str], audio_p, events, seed: int) -
     text_v = model.prepare_text(model.encode_text(texts))
     found, my = pair_counts(model, text_v, torch.arange(len(texts), device=dev), audio_p, owner)
     tokens = token_events(model.text_encoder.token_offsets(texts), phrases, text_v.mask.shape[1], dev)
-    targets = count_targets(events.times[owner.cpu()], my, tokens.masked_fill(~text_v.mask, -1))
+    targets = count_targets(events.times[owner.to(events.times.device)], my, tokens.masked_fill(~text_v.mask, -1))
     parts = count_loss(text_v.count, found, my, text_v.mask, targets)
     del parts["claim"]
     return parts

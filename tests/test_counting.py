@@ -274,7 +274,8 @@ def test_count_rewrite_term_enters_the_count_term_with_its_weight():
     m.zero_grad()
     (out["count_loss"] - base["count_loss"]).backward()  # the rewrite term alone: it reaches the head's audio side
     grads = dict(m.named_parameters())
-    for name in ("count_head.queries.weight", "count_head.onset.0.weight", "cascade.audio_layers.1.guided_attn.q.weight"):
+    for name in ("count_head.queries.weight", "count_head.onset.0.weight",
+                 "cascade.audio_layers.1.guided_attn.q.weight"):
         assert float(grads[name].grad.abs().sum()) > 0, name
     assert float(grads["count_head.count.weight"].grad.abs().sum()) == 0  # no claimed-count term on a rewrite
     with pytest.raises(ConfigError, match="count_rewrite_weight weights a part of the count term"):

@@ -81,7 +81,7 @@ def caption_variants(captions: list[str], seed: int = 0, events=None) -> tuple[l
 
 
 def count_rewrites(captions: list[str], events, seed: int = 0) -> tuple[list[str], list[int], list[list]]:
-    """The count variant of each caption that has one (as ``caption_variants`` draws it), its item, and its phrase
+    """The count variant of each caption that has one (drawn as ``caption_variants`` draws it), its item, and its phrase
     spans carried over from ``events.phrases`` (``carry_phrases``): the clip is unchanged, so each named event
     still happens as often as the timings say, whatever count the rewrite claims (``coattn.counting``)."""
     rng = random.Random(seed)
@@ -91,7 +91,7 @@ def count_rewrites(captions: list[str], events, seed: int = 0) -> tuple[list[str
         if variant:
             texts.append(variant)
             owners.append(i)
-            phrases.append(carry_phrases(c, variant, events.phrases[i]))
+            phrases.append(carry_phrases(c, variant, events.phrases[i] if i < len(events) else []))
     return texts, owners, phrases
 
 

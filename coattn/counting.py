@@ -276,8 +276,9 @@ def rewrite_count_loss(model, captions: list[str], audio_p, events, seed: int) -
     """``count_loss`` of each caption's count rewrite against its own, unchanged clip (``count_rewrites``: "a dog
     barks twice" -> "... three times", "a cuckoo" -> "a cuckoo twice"), less the claimed-count term (the rewrite
     claims another count, the head should read it): onsets, membership and the found count n_i are taught the
-    clip's true occurrences under a caption that claims otherwise, so that n cannot follow the claim. One text
-    encoding and one cascade pass of the rewrites; None when no caption of the batch has a count rewrite."""
+    clip's true occurrences under a caption that claims otherwise, so that n is taught not to follow the claim
+    (measured: it still does, less; docs/ablations.md "Sixth pass"). One text encoding and one cascade pass of the
+    rewrites; None when no caption of the batch has a count rewrite."""
     from coattn.negatives import count_rewrites
     from coattn.time_binding import token_events
 

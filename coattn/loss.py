@@ -186,7 +186,7 @@ class RetrievalLoss:
             counts (n_i) against the true count, where the per-frame terms teach each part alone (0: off).
         count_rewrite_weight: weight, inside the count term, of the onset, membership, event-word and found-count
             terms (each weight 1) on each caption's count rewrite against its own clip: the true occurrences under
-            a caption that claims another count, so the found count cannot follow the claim
+            a caption that claims another count, so the found count is taught not to follow the claim
             (``coattn.counting.rewrite_count_loss``; 0: off).
         seed: of the random negatives and rotations (drawn afresh each step).
     """

@@ -296,8 +296,8 @@ def test_bad_moment_and_time_keys_are_one_line_before_any_work(config, extra, ex
      "model.loss.count_rewrite_weight weights a part of the count term"),
 ])
 def test_bad_count_head_keys_are_one_line_before_any_work(extra, expected, tmp_path, monkeypatch, capsys):
-    """The round-6/7 keys (model.count_head, count_beta, loss.count_weight, count_found_weight,
-    count_rewrite_weight) are refused at
-    construction, in one line naming the key, before any data is read or model trained."""
+    """The round-6 to 8 keys (model.count_head, count_beta, loss.count_weight, count_found_weight,
+    count_rewrite_weight) are refused at construction, in one line naming the key, before any data is read or model
+    trained."""
     test_bad_moment_and_time_keys_are_one_line_before_any_work("demo.yaml", [*extra, "--model.init_from", "null"],
                                                                 expected, tmp_path, monkeypatch, capsys)
